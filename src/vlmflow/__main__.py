@@ -1,0 +1,5 @@
+import sys
+
+from vlmflow.cli import main
+
+sys.exit(main())
