@@ -1,0 +1,97 @@
+"""The one attention function vlmflow registers with transformers, for every model family.
+
+Models load with `attn_implementation={"text_config": "vlmflow", ...}`; every decoder layer of the
+language model then calls `attention()` below. Outside a session, or at layers and steps a session
+does not touch, it calls transformers' own SDPA function untouched, so results stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from vlmflow.attention.knockout import blocked
+
+if TYPE_CHECKING:
+    from vlmflow.attention.session import Session
+
+NAME = "vlmflow"
+
+ACTIVE: ContextVar[Session | None] = ContextVar("vlmflow_session", default=None)
+
+
+def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, kv) bool: query i (absolute position kv - q + i) sees keys up to itself."""
+    rows = torch.arange(kv - q, kv, device=device)[:, None]
+    return (torch.arange(kv, device=device)[None, :] <= rows)[None, None]
+
+
+def attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    value: torch.Tensor,  # (b, h_kv, kv, d)
+    attention_mask: torch.Tensor | None,  # (b, 1, q, kv) bool, or None for plain causal
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # (b, q, h, d), None
+    session = ACTIVE.get()
+    layer = getattr(module, "layer_idx", None)
+    if session is None or layer is None or not session.touches(layer):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    session.check_layer(module, kwargs)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    roles = session.key_roles(kv_len)  # (b, kv)
+    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles)  # (b, q, kv)
+    step = kv_len - session.prompt_length
+    recorder = session.recorder
+    record = recorder is not None and recorder.wants(layer) and step >= 0
+    if cut is None and not record:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    mask = attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
+    if cut is not None:
+        mask = mask & ~cut[:, None]  # (b, 1, q, kv)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    if record and recorder is not None:
+        weights = _last_row_weights(module, query, key, mask, scaling)  # (b, h, kv)
+        recorder.record(layer, step, weights, roles)
+    return out, None
+
+
+def _last_row_weights(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    mask: torch.Tensor,  # (b or 1, 1, q, kv) bool
+    scaling: float | None,
+) -> torch.Tensor:  # (b, h, kv) float32
+    """Softmax attention of the last query row, computed per key-value head group (no repeat)."""
+    b, h, _, d = query.shape
+    h_kv, kv = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else d**-0.5
+    q = query[:, :, -1, :].float().reshape(b, h_kv, h // h_kv, d)  # (b, h_kv, g, d)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # (b, h_kv, g, kv)
+    scores = scores.reshape(b, h, kv)
+    scores = scores.masked_fill(~mask[:, :, -1, :], float("-inf"))  # mask row (b, 1, kv)
+    return scores.softmax(dim=-1)
+
+
+def register() -> None:
+    """Make "vlmflow" a name transformers accepts for `attn_implementation` (idempotent)."""
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+register()

@@ -1,0 +1,119 @@
+"""Attention knockout (paper Eq. 3-4): block attention from target-role queries to source keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from vlmflow.attention.layers import Layers
+from vlmflow.errors import VlmflowError
+from vlmflow.roles import Role, parse_roles
+
+# CLI names of the paper's three settings
+SETTINGS = {
+    "image-generated": ("image", "generated"),
+    "image-query": ("image", "query"),
+    "image-query+generated": ("image", "query+generated"),
+}
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """At every layer in `layers`, queries with a role in `tgt` get no attention to keys with a
+    role in `src` (added -inf on top of the causal mask).
+
+    With `keys` set, the blocked keys are those explicit prompt positions per layer instead of a
+    role set (top-k pruning blocks the image keys outside each layer's kept set).
+    """
+
+    src: frozenset[Role] = frozenset({Role.IMAGE})
+    tgt: frozenset[Role] = frozenset({Role.GENERATED})
+    layers: Layers = Layers("all")
+    keys: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+
+    @classmethod
+    def parse(cls, setting: str, layers: str | Layers = "all") -> Knockout:
+        """`"image->generated"`, `"image-query+generated"` (CLI names) -> Knockout."""
+        text = setting.strip().lower()
+        if text in SETTINGS:
+            src, tgt = SETTINGS[text]
+        elif "->" in text:
+            src, tgt = text.split("->", 1)
+        else:
+            raise VlmflowError(
+                f"bad knockout {setting!r}: use {', '.join(SETTINGS)} or SRC->TGT over roles"
+            )
+        return cls(parse_roles(src), parse_roles(tgt), Layers.parse(layers))
+
+    @classmethod
+    def key_set(
+        cls,
+        blocked: Mapping[int, Iterable[int]],
+        tgt: str | frozenset[Role] = "generated",
+    ) -> Knockout:
+        """Block explicit key positions per layer: `{layer: positions}` for queries in `tgt`."""
+        roles = parse_roles(tgt) if isinstance(tgt, str) else tgt
+        keys = tuple(sorted((int(k), tuple(sorted(int(p) for p in v))) for k, v in blocked.items()))
+        return cls(frozenset(), roles, Layers("all"), keys)
+
+    def __str__(self) -> str:
+        src = "+".join(r.name.lower() for r in sorted(self.src)) or "keys"
+        tgt = "+".join(r.name.lower() for r in sorted(self.tgt))
+        return f"{src}->{tgt}@{self.layers}"
+
+
+@dataclass(frozen=True)
+class ResolvedKnockout:
+    """A knockout checked against a model: its layer indices and role lookup tables."""
+
+    layers: frozenset[int]
+    tgt: torch.Tensor  # (num_role_codes,) bool: query role blocked?
+    src: torch.Tensor  # (num_role_codes,) bool: key role blocked?
+    keys: dict[int, torch.Tensor]  # layer -> (k,) long positions
+
+    @classmethod
+    def of(cls, knockout: Knockout, num_layers: int) -> ResolvedKnockout:
+        def table(roles: frozenset[Role]) -> torch.Tensor:
+            t = torch.zeros(len(Role), dtype=torch.bool)
+            for r in roles:
+                t[int(r)] = True
+            return t
+
+        keys: dict[int, torch.Tensor] = {}
+        layers = knockout.layers.resolve(num_layers)
+        if knockout.keys is not None:
+            for layer, positions in knockout.keys:
+                if not 0 <= layer < num_layers:
+                    raise VlmflowError(
+                        f"key set for layer {layer}: this model has layers 0-{num_layers - 1}"
+                    )
+                keys[layer] = torch.tensor(positions, dtype=torch.long)
+            layers = frozenset(keys)
+        return cls(layers, table(knockout.tgt), table(knockout.src), keys)
+
+
+def blocked(
+    knockouts: list[ResolvedKnockout],
+    layer: int,
+    query_roles: torch.Tensor,  # (b, q) int role codes
+    key_roles: torch.Tensor,  # (b, kv) int role codes
+) -> torch.Tensor | None:
+    """(b, q, kv) bool: True where attention is knocked out at `layer`; None if nothing is."""
+    out: torch.Tensor | None = None
+    for ko in knockouts:
+        if layer not in ko.layers:
+            continue
+        rows = ko.tgt.to(query_roles.device)[query_roles.long()]  # (b, q)
+        if not bool(rows.any()):
+            continue
+        if layer in ko.keys:
+            cols = torch.zeros(key_roles.shape, dtype=torch.bool, device=key_roles.device)
+            pos = ko.keys[layer].to(key_roles.device)
+            cols[:, pos[pos < key_roles.shape[1]]] = True
+        else:
+            cols = ko.src.to(key_roles.device)[key_roles.long()]  # (b, kv)
+        part = rows[:, :, None] & cols[:, None, :]
+        out = part if out is None else out | part
+    return out

@@ -1,0 +1,85 @@
+"""Where each image sits in a prompt: token roles, image spans and the token grid over the picture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmflow.roles import ROLE_NAMES, Role
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the original image
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rows x cols grid of image tokens covering `box` of the original image.
+
+    `kind` is "image" (the only grid), "base" (LLaVA-NeXT's low-resolution view), "tile" (one
+    crop of a tiled image), "grid" (LLaVA-NeXT's unpadded high-resolution grid) or "thumbnail".
+    """
+
+    kind: str
+    rows: int
+    cols: int
+    positions: tuple[int, ...]  # prompt positions, row-major, len == rows * cols
+    box: Box = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """One image of one prompt: its span of positions, its token grids and its separators."""
+
+    index: int  # image index within the prompt
+    start: int  # first position of the span
+    end: int  # one past the last position
+    tiles: tuple[Tile, ...]
+    separators: tuple[int, ...]  # newline / marker / delimiter positions inside the span
+    size: tuple[int, int] | None = None  # original (width, height) when known
+
+    @property
+    def patch_positions(self) -> tuple[int, ...]:
+        return tuple(p for tile in self.tiles for p in tile.positions)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Roles of every prompt position of a batch, and the images of each row.
+
+    `codes` holds `Role` values; left padding is `Role.PAD`. Positions at or after `length` are
+    generated tokens.
+    """
+
+    codes: torch.Tensor  # (b, n) int8
+    images: tuple[tuple[ImageSpan, ...], ...]  # per row
+
+    @property
+    def length(self) -> int:
+        return int(self.codes.shape[1])
+
+    def counts(self, row: int = 0) -> dict[str, int]:
+        """Number of positions per role in one row (generated is 0 before generation)."""
+        values = self.codes[row].tolist()
+        return {name: values.count(int(Role(i))) for i, name in enumerate(ROLE_NAMES)}
+
+    def image_positions(self, row: int = 0) -> list[int]:
+        return [p for span in self.images[row] for p in range(span.start, span.end)]
+
+    def patch_positions(self, row: int = 0) -> list[int]:
+        return [p for span in self.images[row] for p in span.patch_positions]
+
+
+def label_roles(n: int, spans: list[ImageSpan], pad: int = 0) -> list[int]:
+    """Codes for one row: prefix before the first image position, image spans, query after."""
+    codes = [int(Role.PREFIX)] * n
+    for i in range(pad):
+        codes[i] = int(Role.PAD)
+    if not spans:
+        return codes
+    first = min(span.start for span in spans)
+    for i in range(first, n):
+        codes[i] = int(Role.QUERY)
+    for span in spans:
+        for i in range(span.start, span.end):
+            codes[i] = int(Role.IMAGE)
+    return codes

@@ -1,0 +1,199 @@
+"""`vlmflow.load()`: a model, its processor and its family's `TokenRoles`, ready for sessions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmflow.errors import VlmflowError
+from vlmflow.models.families import ImageInput, TokenRoles, resolver_for
+from vlmflow.models.layout import PromptLayout
+
+DEFAULT_PROMPT = "Describe the image."
+DEFAULT_MODEL = "vlmflow-tiny"
+_FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+ImageLike = Any  # PIL.Image.Image | str | Path
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Model inputs for a batch of (images, text) prompts, with the role of every position."""
+
+    inputs: Any  # transformers BatchFeature on the model's device
+    layout: PromptLayout
+    texts: tuple[str, ...]
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (b, n)
+        return self.inputs["input_ids"]
+
+
+@dataclass
+class Handle:
+    """A loaded VLM: model, processor, family resolver and the attention backend in use."""
+
+    name: str
+    model: Any
+    processor: Any
+    roles: TokenRoles
+    family: str
+    attn_implementation: str
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare(
+        self, images: ImageLike | Sequence[ImageLike], prompt: str = DEFAULT_PROMPT
+    ) -> Prompt:
+        """One user turn: the image(s), then the text, through the chat template."""
+        seq = list(images) if isinstance(images, list | tuple) else [images]
+        return self.prepare_batch([(seq, prompt)])
+
+    def prepare_batch(self, items: Sequence[tuple[Sequence[ImageLike], str]]) -> Prompt:
+        """A left-padded batch of prompts, each with its own images and text."""
+        from vlmflow.images import open_image
+
+        texts, flat, per_row = [], [], []
+        for images, text in items:
+            pil = [open_image(i) for i in images]
+            content: list[dict[str, str]] = [{"type": "image"} for _ in pil]
+            content.append({"type": "text", "text": text})
+            messages = [{"role": "user", "content": content}]
+            texts.append(
+                self.processor.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            )
+            flat.extend(pil)
+            per_row.append(pil)
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        if flat:
+            kwargs["images"] = per_row if self.family == "idefics3" else flat
+        inputs = self.processor(**kwargs)
+        image_inputs = _image_inputs(inputs, per_row)
+        layout = self.roles.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs)
+        dtype = self.model.dtype
+        moved = {
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+            if isinstance(v, torch.Tensor) else v
+            for k, v in inputs.items()
+        }
+        inputs.update(moved)
+        return Prompt(inputs, layout, tuple(texts))
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 32, **kwargs: Any) -> torch.Tensor:
+        """Greedy generation without a session; returns (b, new) ids."""
+        with torch.inference_mode():
+            out = self.model.generate(
+                **prompt.inputs, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
+            )
+        return out[:, prompt.layout.length :]
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def _image_inputs(inputs: Any, per_row: list[list[Any]]) -> list[list[ImageInput]]:
+    """Per-row `ImageInput`s from what the processor returned."""
+    thw = inputs.get("image_grid_thw")
+    pixels = inputs.get("pixel_values")
+    processed = None
+    if isinstance(pixels, torch.Tensor) and pixels.dim() >= 4:
+        processed = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+    out, k = [], 0
+    for row in per_row:
+        items = []
+        for image in row:
+            grid = tuple(int(x) for x in thw[k].tolist()) if thw is not None else None
+            items.append(ImageInput(size=image.size, grid_thw=grid, processed=processed))  # type: ignore[arg-type]
+            k += 1
+        out.append(items)
+    return out
+
+
+def _model_type(path: str) -> str:
+    folder = Path(path)
+    if folder.is_dir():
+        config = folder / "config.json"
+        if not config.is_file():
+            raise VlmflowError(f"{path} has no config.json: point --model at a checkpoint folder")
+        return str(json.loads(config.read_text()).get("model_type", ""))
+    try:
+        from transformers import AutoConfig
+
+        return str(AutoConfig.from_pretrained(path).model_type)
+    except Exception as err:  # network, missing repo, bad id: all end the same way for users
+        raise VlmflowError(
+            f"cannot load model {path!r} ({type(err).__name__}): give a local checkpoint folder "
+            "or a hub id reachable from this machine"
+        ) from None
+
+
+def load(
+    path_or_id: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "auto",
+    attn: str = "sdpa",
+) -> Handle:
+    """Load a supported VLM with vlmflow's attention backend on its language model.
+
+    `attn="sdpa"` (default) routes the language model through the registered "vlmflow" function
+    (SDPA outside sessions); "eager" or a flash-attention name load the model as transformers
+    would, and sessions with knockout or capture are then refused.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from vlmflow.attention import backend
+    from vlmflow.models.processors import load_processor
+
+    name = str(path_or_id)
+    if name == DEFAULT_MODEL:
+        name = str(_default_checkpoint())
+    model_type = _model_type(name)
+    resolver = resolver_for(model_type)
+    text_attn = backend.NAME if attn == "sdpa" else attn
+    if attn not in ("sdpa", "eager", *_FLASH):
+        raise VlmflowError(f"unknown attention {attn!r}: use sdpa (default), eager or flash")
+    impl = {"text_config": text_attn, "vision_config": "sdpa" if attn != "eager" else "eager"}
+    torch_dtype: Any = dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
+    if torch_dtype == "auto" and str(device) == "cpu":
+        torch_dtype = torch.float32
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            name, dtype=torch_dtype, attn_implementation=impl
+        )
+        processor = load_processor(name)
+    except (OSError, ValueError) as err:
+        raise VlmflowError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Handle(
+        name=str(path_or_id),
+        model=model,
+        processor=processor,
+        roles=resolver(processor, model.config),
+        family=resolver.family,
+        attn_implementation=text_attn,
+    )
+
+
+def _default_checkpoint() -> Path:
+    try:
+        from vlmflow.default_model import ensure_checkpoint  # type: ignore[attr-defined]
+    except ImportError:
+        raise VlmflowError(
+            "the default model vlmflow-tiny is not available in this install: pass --model PATH"
+        ) from None
+    return Path(ensure_checkpoint())
