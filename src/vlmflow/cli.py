@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser([]).print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    _quiet_transformers()
     try:
         return int(module.run(args) or 0)
     except VlmflowError as err:
@@ -50,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vlmflow {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_transformers() -> None:
+    """Keep stderr for vlmflow's own progress and errors (transformers' bars and warnings off)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 if __name__ == "__main__":

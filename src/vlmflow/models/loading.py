@@ -176,6 +176,11 @@ def load(
             name, dtype=torch_dtype, attn_implementation=impl
         )
         processor = load_processor(name)
+    except ImportError as err:
+        raise VlmflowError(
+            f"cannot load {name!r} with attn={attn!r} ({str(err).splitlines()[0][:120]}):"
+            " install that kernel or use attn='sdpa'"
+        ) from None
     except (OSError, ValueError) as err:
         raise VlmflowError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
     model.to(device).eval()

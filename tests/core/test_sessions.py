@@ -1,0 +1,171 @@
+"""Sessions: no-op equality with transformers, cache consistency, exact knockout, capture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+import vlmflow
+from vlmflow.attention import backend
+from vlmflow.models.tiny import TINY_FAMILIES
+
+NEW = 8
+
+
+def _plain(path, impl):
+    return AutoModelForImageTextToText.from_pretrained(path, attn_implementation=impl).eval()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_empty_session_equals_eager_and_sdpa(family, tiny_path, photo):
+    path = str(tiny_path(family))
+    handle = vlmflow.load(path)
+    prompt = handle.prepare(photo)
+    with vlmflow.session(handle, prompt) as s:
+        ours = s.generate(max_new_tokens=NEW)
+    n = prompt.layout.length
+    for impl in ("eager", "sdpa"):
+        with torch.inference_mode():
+            theirs = _plain(path, impl).generate(**prompt.inputs, do_sample=False, max_new_tokens=NEW)
+        assert ours.tolist() == theirs[:, n:].tolist(), impl
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_cached_equals_uncached(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    ko = vlmflow.Knockout.parse("image->generated", "from:1")
+    for knockout in ([], [ko]):
+        with vlmflow.session(handle, prompt, knockout=knockout) as s:
+            cached = s.generate(max_new_tokens=NEW)
+            uncached = s.generate(max_new_tokens=NEW, use_cache=False)
+        assert cached.tolist() == uncached.tolist()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize(
+    ("setting", "spec", "rows"),
+    [
+        ("image-generated", "from:2", slice(1, None)),
+        ("image-query", "only:1-2", slice(0, 1)),
+        ("image-query+generated", "except:1-1", slice(0, None)),
+    ],
+)
+def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    ko = vlmflow.Knockout.parse(setting, spec)
+    selected = ko.layers.resolve(handle.num_layers)
+    with vlmflow.session(handle, prompt, knockout=ko, capture=vlmflow.Capture.of()) as s:
+        s.generate(max_new_tokens=NEW)
+    image = s.capture.role_fraction("image")[rows]  # (steps, layers, b)
+    for layer in range(handle.num_layers):
+        if layer in selected:
+            assert bool((image[:, layer] == 0).all()), layer
+        else:
+            assert bool((image[:, layer] > 0).all()), layer
+    sums = s.capture.fractions.sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "internvl"])
+def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+
+    def hidden(knockout):
+        with vlmflow.session(handle, prompt, knockout=knockout), torch.inference_mode():
+            return handle.model(**prompt.inputs, output_hidden_states=True).hidden_states
+
+    base = hidden([])
+    cut = hidden([vlmflow.Knockout.parse("image->query", "only:2-2")])
+    # hidden_states[i] is the input of layer i: layers 0 and 1 ran untouched
+    assert all(torch.equal(base[i], cut[i]) for i in range(3))
+    assert not torch.equal(base[3], cut[3])
+    # and the function itself is SDPA, untouched, at a layer the session does not select
+    layer = handle.model.model.language_model.layers[1].self_attn
+    q = torch.randn(1, 4, 5, 16)
+    k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    with vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("image->query", "only:2-2")):
+        ours, _ = backend.attention(layer, q, k, v, None, scaling=0.25)
+    theirs, _ = backend.sdpa_attention_forward(layer, q, k, v, None, scaling=0.25)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_key_set_knockout_blocks_exactly_those_keys(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    patches = prompt.layout.patch_positions()
+    blocked = patches[: len(patches) // 2]
+    ko = vlmflow.Knockout.key_set({1: blocked})
+    capture = vlmflow.Capture.of(image_layers="all")
+    with vlmflow.session(handle, prompt, knockout=ko, capture=capture) as s:
+        s.generate(max_new_tokens=4)
+    rows = s.capture.image_rows
+    index = s.capture.image_positions[0].tolist()
+    cols = [index.index(p) for p in blocked]
+    kept = [i for i, p in enumerate(index) if p not in blocked]
+    assert bool((rows[1][1:, 0, cols] == 0).all())
+    assert bool((rows[1][1:, 0, kept] > 0).all())
+    assert bool((rows[0][1:, 0, cols] > 0).all())  # layer 0 untouched
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm"])
+def test_capture_does_not_change_generation(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    plain = handle.generate(prompt, max_new_tokens=NEW)
+    capture = vlmflow.Capture.of(image_layers="from:2")
+    with vlmflow.session(handle, prompt, capture=capture) as s:
+        captured = s.generate(max_new_tokens=NEW)
+    assert captured.tolist() == plain.tolist()
+    result = s.capture
+    assert result.num_steps == NEW
+    assert sorted(result.image_rows) == [2, 3]
+    n_image = prompt.layout.counts()["image"]
+    assert result.image_rows[2].shape == (NEW, 1, n_image)
+    assert result.image_rows[2].dtype == torch.float16
+    # the image row is the image part of the same softmax row the fractions come from
+    image_sum = result.image_rows[3].float().sum(-1)[:, 0]
+    assert torch.allclose(image_sum, result.role_fraction("image")[:, 3, 0], atol=2e-3)
+    # generated tokens exist as keys only from step 1 on
+    assert float(result.role_fraction("generated")[0].max()) == 0.0
+    assert bool((result.role_fraction("generated")[1:] > 0).all())
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_batch_with_padding_matches_single_prompts(family, tiny_path, photo, photo2):
+    handle = vlmflow.load(str(tiny_path(family)))
+    items = [([photo], "Describe the image."), ([photo2], "What is in this picture ?")]
+    ko = vlmflow.Knockout.parse("image->generated", "from:1")
+    batch = handle.prepare_batch(items)
+    assert int((batch.inputs["attention_mask"] == 0).sum()) > 0  # really padded
+    with vlmflow.session(handle, batch, knockout=ko) as s:
+        together = s.generate(max_new_tokens=NEW)
+    for row, (images, text) in enumerate(items):
+        single = handle.prepare(images, text)
+        with vlmflow.session(handle, single, knockout=ko) as s:
+            alone = s.generate(max_new_tokens=NEW)
+        assert together[row].tolist() == alone[0].tolist()
+
+
+def test_session_state_does_not_leak(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("llava")))
+    prompt = handle.prepare(photo)
+    plain = handle.generate(prompt, max_new_tokens=NEW)
+    with vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("image-query+generated")):
+        cut = handle.generate(prompt, max_new_tokens=NEW)
+    assert backend.ACTIVE.get() is None
+    assert handle.generate(prompt, max_new_tokens=NEW).tolist() == plain.tolist()
+    assert cut.tolist() != plain.tolist()
+
+
+def test_flash_and_eager_handles_refuse_knockout(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("llava")), attn="eager")
+    prompt = handle.prepare(photo)
+    with pytest.raises(vlmflow.VlmflowError, match="attn='sdpa'"), vlmflow.session(
+        handle, prompt, knockout=vlmflow.Knockout.parse("image-query")
+    ):
+        pass
