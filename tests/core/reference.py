@@ -15,8 +15,15 @@ NAME = "vlmflow_test_reference"
 STATE: dict = {}
 
 IMAGE_TOKENS = {
-    "<image>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<img>", "</img>",
-    "<IMG_CONTEXT>", "<fake_token_around_image>", "<global-img>",
+    "<image>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<fake_token_around_image>",
+    "<global-img>",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 
 
@@ -41,7 +48,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     n = key.shape[2]
-    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)[-query.shape[2]:]
+    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)[-query.shape[2] :]
     layer = getattr(module, "layer_idx", None)
     if layer is not None and layer in STATE.get("layers", ()):
         roles = STATE["roles"][:n]
@@ -65,14 +72,19 @@ def greedy_without_cache(model, inputs, tokens, max_new_tokens, src, tgt, layers
     n = ids.shape[1]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     STATE.clear()
-    STATE.update(src=set(src), tgt=set(tgt), layers=set(layers),
-                 roles=roles_of(tokens, n, n + max_new_tokens))
+    STATE.update(
+        src=set(src),
+        tgt=set(tgt),
+        layers=set(layers),
+        roles=roles_of(tokens, n, n + max_new_tokens),
+    )
     out = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             grown = {
                 k: torch.cat([v, v.new_zeros(1, ids.shape[1] - v.shape[1])], dim=1)
-                if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == n else v
+                if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == n
+                else v
                 for k, v in extra.items()
             }
             logits = model(input_ids=ids, use_cache=False, **grown).logits

@@ -32,8 +32,21 @@ def test_describe_matches_reference(family, setting, spec, tiny_path, photo, tmp
     path = str(tiny_path(family))
     image = tmp_path / "photo.png"
     photo.save(image)
-    code = main(["describe", str(image), "--model", path, "--max-new-tokens", "10",
-                 "--knockout", setting, "--layers", spec, "--json"])
+    code = main(
+        [
+            "describe",
+            str(image),
+            "--model",
+            path,
+            "--max-new-tokens",
+            "10",
+            "--knockout",
+            setting,
+            "--layers",
+            spec,
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
 

@@ -10,8 +10,15 @@ from vlmflow.roles import Role
 
 # tokens that only exist because an image is in the prompt
 IMAGE_TOKENS = {
-    "<image>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<img>", "</img>",
-    "<IMG_CONTEXT>", "<fake_token_around_image>", "<global-img>",
+    "<image>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<fake_token_around_image>",
+    "<global-img>",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 
 
@@ -114,5 +121,5 @@ def test_batch_with_left_padding(family, tiny_path, photo, photo2):
 
 def test_unsupported_family_lists_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "blip-2"}')
-    with pytest.raises(vlmflow.VlmflowError, match="llava_next.*qwen2_vl.*internvl"):
+    with pytest.raises(vlmflow.VlmflowError, match=r"llava_next.*qwen2_vl.*internvl"):
         vlmflow.load(str(tmp_path))

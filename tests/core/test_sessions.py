@@ -27,7 +27,9 @@ def test_empty_session_equals_eager_and_sdpa(family, tiny_path, photo):
     n = prompt.layout.length
     for impl in ("eager", "sdpa"):
         with torch.inference_mode():
-            theirs = _plain(path, impl).generate(**prompt.inputs, do_sample=False, max_new_tokens=NEW)
+            theirs = _plain(path, impl).generate(
+                **prompt.inputs, do_sample=False, max_new_tokens=NEW
+            )
         assert ours.tolist() == theirs[:, n:].tolist(), impl
 
 
@@ -87,7 +89,9 @@ def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     layer = handle.model.model.language_model.layers[1].self_attn
     q = torch.randn(1, 4, 5, 16)
     k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
-    with vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("image->query", "only:2-2")):
+    with vlmflow.session(
+        handle, prompt, knockout=vlmflow.Knockout.parse("image->query", "only:2-2")
+    ):
         ours, _ = backend.attention(layer, q, k, v, None, scaling=0.25)
     theirs, _ = backend.sdpa_attention_forward(layer, q, k, v, None, scaling=0.25)
     assert torch.equal(ours, theirs)
@@ -165,7 +169,8 @@ def test_session_state_does_not_leak(tiny_path, photo):
 def test_flash_and_eager_handles_refuse_knockout(tiny_path, photo):
     handle = vlmflow.load(str(tiny_path("llava")), attn="eager")
     prompt = handle.prepare(photo)
-    with pytest.raises(vlmflow.VlmflowError, match="attn='sdpa'"), vlmflow.session(
-        handle, prompt, knockout=vlmflow.Knockout.parse("image-query")
+    with (
+        pytest.raises(vlmflow.VlmflowError, match="attn='sdpa'"),
+        vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("image-query")),
     ):
         pass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlmflow.attention.layers import Layers
+from vlmflow.attention.layers import ALL, Layers
 from vlmflow.roles import ROLE_NAMES, Role
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -27,13 +27,18 @@ class Capture:
     """
 
     fractions: bool = True
-    layers: Layers = Layers("all")
+    layers: Layers = ALL
     image_layers: Layers | None = None
     dtype: str = "float16"
 
     @classmethod
-    def of(cls, fractions: bool = True, layers: str = "all", image_layers: str | None = None,
-           dtype: str = "float16") -> Capture:
+    def of(
+        cls,
+        fractions: bool = True,
+        layers: str = "all",
+        image_layers: str | None = None,
+        dtype: str = "float16",
+    ) -> Capture:
         image = Layers.parse(image_layers) if image_layers is not None else None
         return cls(fractions, Layers.parse(layers), image, dtype)
 
@@ -42,7 +47,9 @@ class Capture:
 class CaptureResult:
     """Captured attention of one session, on CPU."""
 
-    fractions: torch.Tensor  # (steps, layers, b, 4) float32, roles in ROLE_NAMES order, NaN if not captured
+    fractions: (
+        torch.Tensor
+    )  # (steps, layers, b, 4) float32, roles in ROLE_NAMES order, NaN if not captured
     image_rows: dict[int, torch.Tensor]  # layer -> (steps, b, n_image) compact dtype
     image_positions: torch.Tensor  # (b, n_image) long prompt positions, -1 for padding
 
@@ -65,7 +72,9 @@ class Recorder:
     image_layers: frozenset[int]
     image_index: torch.Tensor  # (b, n_image) long, -1 for padding
     _fractions: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> (layers, b, 4)
-    _rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (layer, step) -> (b, n)
+    _rows: dict[tuple[int, int], torch.Tensor] = field(
+        default_factory=dict
+    )  # (layer, step) -> (b, n)
 
     @classmethod
     def of(cls, capture: Capture, num_layers: int, image_index: torch.Tensor) -> Recorder:
@@ -84,7 +93,8 @@ class Recorder:
             per_role.scatter_add_(1, key_roles.long(), mean)
             if step not in self._fractions:
                 self._fractions[step] = torch.full(
-                    (self.num_layers, mean.shape[0], len(ROLE_NAMES)), float("nan"),
+                    (self.num_layers, mean.shape[0], len(ROLE_NAMES)),
+                    float("nan"),
                     device=mean.device,
                 )
             self._fractions[step][layer] = per_role[:, : len(ROLE_NAMES)]

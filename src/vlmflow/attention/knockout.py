@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmflow.attention.layers import Layers
+from vlmflow.attention.layers import ALL, Layers
 from vlmflow.errors import VlmflowError
 from vlmflow.roles import Role, parse_roles
 
@@ -30,7 +30,7 @@ class Knockout:
 
     src: frozenset[Role] = frozenset({Role.IMAGE})
     tgt: frozenset[Role] = frozenset({Role.GENERATED})
-    layers: Layers = Layers("all")
+    layers: Layers = ALL
     keys: tuple[tuple[int, tuple[int, ...]], ...] | None = None
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Layer sets, parsed from the same strings the CLI takes: `all`, `from:L`, `only:A-B`, `except:A-B`.
+"""Layer sets, parsed from the CLI strings: `all`, `from:L`, `only:A-B`, `except:A-B`.
 
 Layers are 0-indexed and ranges inclusive, as in the paper's "l not in [20, 40]".
 """
@@ -59,3 +59,6 @@ class Layers:
 
     def __str__(self) -> str:
         return self.spec
+
+
+ALL = Layers("all")

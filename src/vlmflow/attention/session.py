@@ -70,8 +70,10 @@ class Session:
         codes = self._codes
         if kv_len > codes.shape[1]:
             extra = torch.full(
-                (codes.shape[0], 2 * kv_len - codes.shape[1]), int(Role.GENERATED),
-                dtype=codes.dtype, device=codes.device,
+                (codes.shape[0], 2 * kv_len - codes.shape[1]),
+                int(Role.GENERATED),
+                dtype=codes.dtype,
+                device=codes.device,
             )
             self._codes = codes = torch.cat([codes, extra], dim=1)
         return codes[:, :kv_len]

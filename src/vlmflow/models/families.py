@@ -53,8 +53,12 @@ class TokenRoles:
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
-    def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               images: list[list[ImageInput]]) -> PromptLayout:
+    def layout(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        images: list[list[ImageInput]],
+    ) -> PromptLayout:
         """Roles for a (b, n) batch; `images[row]` lists the images of that row in order."""
         rows, all_spans = [], []
         for r in range(input_ids.shape[0]):
@@ -139,7 +143,7 @@ class LlavaNextRoles(LlavaRoles):
         proc = self.processor
         w, h = image.size
         ch, cw = image.processed or (proc.image_processor.crop_size["height"],) * 2
-        best_h, best_w = select_best_resolution([h, w], proc.image_processor.image_grid_pinpoints)
+        best_h, best_w = select_best_resolution((h, w), proc.image_processor.image_grid_pinpoints)
         ph, pw = ch // proc.patch_size, cw // proc.patch_size
         unpadded, rows = proc._get_unpadded_features(h, w, ph, pw, best_h // ch, best_w // cw)
         return ph * pw, rows, unpadded // rows
@@ -198,8 +202,12 @@ class QwenVLRoles(TokenRoles):
                 seps.append(end)
                 end += 1
             tiles = tuple(
-                _grid("image" if t == 1 else f"frame{f}", run[f * rows * cols : (f + 1) * rows * cols],
-                      rows, cols)
+                _grid(
+                    "image" if t == 1 else f"frame{f}",
+                    run[f * rows * cols : (f + 1) * rows * cols],
+                    rows,
+                    cols,
+                )
                 for f in range(t)
             )
             spans.append(ImageSpan(k, start, end, tiles, tuple(seps), image.size))

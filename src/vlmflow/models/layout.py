@@ -1,4 +1,4 @@
-"""Where each image sits in a prompt: token roles, image spans and the token grid over the picture."""
+"""Where each image sits in a prompt: token roles, image spans, token grids over the picture."""
 
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ class Handle:
         dtype = self.model.dtype
         moved = {
             k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
-            if isinstance(v, torch.Tensor) else v
+            if isinstance(v, torch.Tensor)
+            else v
             for k, v in inputs.items()
         }
         inputs.update(moved)
@@ -168,7 +169,9 @@ def load(
     if attn not in ("sdpa", "eager", *_FLASH):
         raise VlmflowError(f"unknown attention {attn!r}: use sdpa (default), eager or flash")
     impl = {"text_config": text_attn, "vision_config": "sdpa" if attn != "eager" else "eager"}
-    torch_dtype: Any = dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
+    torch_dtype: Any = (
+        dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
+    )
     if torch_dtype == "auto" and str(device) == "cpu":
         torch_dtype = torch.float32
     try:
@@ -183,7 +186,7 @@ def load(
         ) from None
     except (OSError, ValueError) as err:
         raise VlmflowError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
-    model.to(device).eval()
+    model = model.to(torch.device(device)).eval()  # type: ignore[arg-type]
     return Handle(
         name=str(path_or_id),
         model=model,

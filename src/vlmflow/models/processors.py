@@ -25,7 +25,7 @@ def image_only(cls: type) -> type:
     def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
         if argument_name == "video_processor" and argument is None:
             return None
-        return cls.check_argument_for_proper_class(self, argument_name, argument)
+        return super(subclass, self).check_argument_for_proper_class(argument_name, argument)  # type: ignore[arg-type]
 
     def apply_chat_template(self: Any, conversation: Any, *args: Any, **kwargs: Any) -> Any:
         # Some families fill in video defaults here (SmolVLM reads `video_processor.fps`).
@@ -37,7 +37,8 @@ def image_only(cls: type) -> type:
         "check_argument_for_proper_class": check_argument_for_proper_class,
         "apply_chat_template": apply_chat_template,
     }
-    return type(cls.__name__, (cls,), namespace)
+    subclass = type(cls.__name__, (cls,), namespace)
+    return subclass
 
 
 def _needs_video(cls: type) -> bool:

@@ -13,14 +13,13 @@ from typing import Any
 
 from vlmflow.models.processors import has_torchvision, image_only, save_processor
 
-WORDS = (
-    "describe the image what is in this picture a an of and with on at to it there are "
-    "left right top bottom center middle small large red green blue yellow dog cat car "
-    "bus person tree house apple ball cup chair table yes no how many one two three is "
-    "color object objects near behind front under above beside photo scene shows some "
-    "many few big little white black brown sky road water grass"
-).split()
-
+WORDS = """
+describe the image what is in this picture a an of and with on at to it there are
+left right top bottom center middle small large red green blue yellow dog cat car
+bus person tree house apple ball cup chair table yes no how many one two three is
+color object objects near behind front under above beside photo scene shows some
+many few big little white black brown sky road water grass
+""".split()
 # Without torchvision the video-capable processors get no video processor (see processors.py).
 _NO_VIDEO: dict[str, Any] = {} if has_torchvision() else {"video_processor": None}
 
@@ -123,7 +122,7 @@ def _llava(out: Path) -> tuple[Any, Any]:
     config = LlavaConfig(
         vision_config=_clip_vision(),
         text_config=_text_config("llama", len(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
@@ -150,7 +149,7 @@ def _llava_next(out: Path) -> tuple[Any, Any]:
     config = LlavaNextConfig(
         vision_config=_clip_vision(),
         text_config=_text_config("llama", len(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -268,7 +267,7 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision = {
+    vision: dict[str, Any] = {
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
