@@ -8,18 +8,7 @@ import vlmflow
 from vlmflow.models.tiny import TINY_FAMILIES
 from vlmflow.roles import Role
 
-# tokens that only exist because an image is in the prompt
-IMAGE_TOKENS = {
-    "<image>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<img>",
-    "</img>",
-    "<IMG_CONTEXT>",
-    "<fake_token_around_image>",
-    "<global-img>",
-} | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
+from .reference import IMAGE_TOKENS  # tokens that only exist because of an image
 
 
 def _tokens(handle, prompt, row=0):

@@ -115,51 +115,31 @@ def _clip_vision(image_size: int = 56) -> dict[str, Any]:
     }
 
 
-def _llava(out: Path) -> tuple[Any, Any]:
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaProcessor
+def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
+    """LLaVA-1.5, or LLaVA-NeXT (`anyres`) with a 2x2 grid of 56 px crops."""
+    import transformers
 
+    prefix = "LlavaNext" if anyres else "Llava"
+    image_processor_class = "LlavaNextImageProcessorPil" if anyres else "CLIPImageProcessorPil"
     tok = _tokenizer(["<image>"])
-    config = LlavaConfig(
+    extra: dict[str, Any] = {"projector_hidden_act": "gelu"}
+    image_extra: dict[str, Any] = {}
+    if anyres:
+        pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
+        extra = {"image_grid_pinpoints": pinpoints}
+        image_extra = {"image_grid_pinpoints": pinpoints}
+    config = getattr(transformers, f"{prefix}Config")(
         vision_config=_clip_vision(),
         text_config=_text_config("llama", len(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
-        projector_hidden_act="gelu",
+        **extra,
     )
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+    image_processor = getattr(transformers, image_processor_class)(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, **image_extra
     )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=_chat_template("<image>"),
-    )
-    return config, processor
-
-
-def _llava_next(out: Path) -> tuple[Any, Any]:
-    from transformers import LlavaNextConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
-
-    tok = _tokenizer(["<image>"])
-    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
-    config = LlavaNextConfig(
-        vision_config=_clip_vision(),
-        text_config=_text_config("llama", len(tok)),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 56},
-        crop_size={"height": 56, "width": 56},
-        image_grid_pinpoints=pinpoints,
-    )
-    processor = LlavaNextProcessor(
+    processor = getattr(transformers, f"{prefix}Processor")(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=14,
@@ -309,8 +289,8 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
 
 
 _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
-    "llava": _llava,
-    "llava_next": _llava_next,
+    "llava": lambda out: _llava(out, anyres=False),
+    "llava_next": lambda out: _llava(out, anyres=True),
     "qwen2_vl": lambda out: _qwen_vl(out, "2"),
     "qwen2_5_vl": lambda out: _qwen_vl(out, "2.5"),
     "internvl": _internvl,
