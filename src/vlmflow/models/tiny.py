@@ -98,6 +98,7 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
         "eos_token_id": 3,
         "pad_token_id": 1,
         "tie_word_embeddings": False,
+        "initializer_range": 0.2,  # larger random weights: varied, input-sensitive generations
         **extra,
     }
 
