@@ -1,7 +1,8 @@
 """vlmflow: see and cut how a vision-language model uses the image.
 
 Public API (imported lazily so `import vlmflow` stays cheap):
-    load, Handle, Prompt, session, Session, Knockout, Layers, Capture, CaptureResult, Role
+    load, Handle, Prompt, session, Session, Knockout, Layers, Capture, CaptureResult, Role,
+    compress, load_context, CompressedContext
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ _EXPORTS = {
     "CaptureResult": "vlmflow.attention.capture",
     "Role": "vlmflow.roles",
     "VlmflowError": "vlmflow.errors",
+    "compress": "vlmflow.compress",
+    "load_context": "vlmflow.compress",
+    "CompressedContext": "vlmflow.compress",
 }
 
 __all__ = sorted(_EXPORTS)

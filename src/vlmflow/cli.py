@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("vlmflow.commands.describe", "describe an image, optionally under knockout"),
     "demo": ("vlmflow.commands.demo", "run the main job on the default model"),
+    "reprompt": ("vlmflow.commands.reprompt", "answer questions from a compressed image context"),
     "judge": ("vlmflow.judge.command", "compare two descriptions object by object"),
     "scenes": ("vlmflow.scenes.command", "render, list and evaluate the scene world"),
 }

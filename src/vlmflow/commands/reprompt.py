@@ -1,0 +1,56 @@
+"""`vlmflow reprompt IMAGE --question Q ...`: answer questions from a compressed visual context."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file")
+    parser.add_argument("--question", action="append", required=True, help="repeatable")
+    parser.add_argument("--k", type=float, default=0.05, help="fraction of image tokens kept")
+    parser.add_argument("--model", default="vlmflow-tiny")
+    parser.add_argument("--prompt", default="Describe the image.", help="the first prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="per answer")
+    parser.add_argument("--save", help="also save the compressed context to this file")
+    parser.add_argument("--context", help="answer from this saved context instead of the image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="one JSON object per question")
+
+
+def run(args: argparse.Namespace) -> int:
+    import vlmflow
+    from vlmflow.compress import compress, load_context
+
+    handle = vlmflow.load(args.model, device=args.device)
+    start = time.perf_counter()
+    if args.context:
+        context = load_context(args.context, handle)
+    else:
+        context = compress(handle, args.image, k=args.k, prompt=args.prompt)
+    built = time.perf_counter() - start
+    if args.save:
+        context.save(args.save)
+    if not args.json:
+        print(f"description ({built:.2f} s): {context.description}")
+        print(f"context: {context.context_tokens} of {context.full_tokens} tokens (k={args.k})")
+    for question in args.question:
+        answer = context.ask(question, max_new_tokens=args.max_new_tokens)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "question": question,
+                        "answer": answer.text,
+                        "context_tokens": answer.context_tokens,
+                        "full_tokens": answer.full_tokens,
+                        "seconds": round(answer.seconds, 4),
+                        "k": context.k,
+                    }
+                )
+            )
+        else:
+            print(f"Q: {question}\nA: {answer.text}  ({answer.seconds:.2f} s)")
+    return 0

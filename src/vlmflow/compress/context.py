@@ -1,0 +1,207 @@
+"""Image re-prompting (paper Sec. 5): answer follow-up questions from a compressed visual context.
+
+After the model has described the image once, the context keeps, as a pruned KV cache, the
+prompt's prefix (attention sinks, BOS), its query tokens, and per layer the top-k fraction of
+image tokens by the attention they received from the generated description. Cached keys already
+carry their rotary positions, so follow-up tokens continue at the original sequence length (for
+M-RoPE at the original next position of all three axes), and the image is never read again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vlmflow.errors import VlmflowError
+from vlmflow.models.loading import DEFAULT_PROMPT, Handle, ImageLike
+from vlmflow.roles import Role
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    ids: tuple[int, ...]
+    context_tokens: int  # cached positions the question attended to (per layer)
+    full_tokens: int  # positions of the uncompressed context
+    seconds: float
+
+
+@dataclass
+class CompressedContext:
+    """A pruned KV cache of one image's description prompt, ready for follow-up questions."""
+
+    handle: Handle
+    keys: list[torch.Tensor]  # per layer (1, h_kv, c, d)
+    values: list[torch.Tensor]  # per layer (1, h_kv, c, d)
+    kept: list[list[int]]  # per layer: kept prompt positions, ascending (len c)
+    next_position: torch.Tensor  # (axes, 1): position id of the first follow-up token
+    full_tokens: int
+    k: float
+    context_text: str
+    description: str
+
+    @property
+    def context_tokens(self) -> int:
+        return len(self.kept[0]) if self.kept else 0
+
+    def kv_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def question_ids(self, question: str) -> torch.Tensor:
+        """(1, q) token ids that continue the context with a new user turn and the answer cue."""
+        return continuation_ids(self.handle, self.context_text, question)
+
+    def ask(self, question: str, max_new_tokens: int = 16) -> Answer:
+        """Greedy answer from the compressed context, without the image."""
+        from transformers import DynamicCache
+
+        start = time.perf_counter()
+        model = self.handle.model
+        ids = self.question_ids(question).to(self.handle.device)
+        cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)))
+        eos = _eos_ids(self.handle)
+        out: list[int] = []
+        position = self.next_position.to(self.handle.device)  # (axes, 1)
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                q = ids.shape[1]
+                steps = torch.arange(q, device=ids.device)
+                pos = position + steps[None, :]  # (axes, q)
+                position_ids = pos if pos.shape[0] == 1 else pos[:, None, :]  # (1, q) | (3, 1, q)
+                logits = model(
+                    input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True
+                ).logits
+                token = int(logits[0, -1].argmax())
+                out.append(token)
+                if token in eos:
+                    break
+                position = position + q
+                ids = torch.tensor([[token]], device=ids.device)
+        text = self.handle.decode(torch.tensor([out]))[0]
+        seconds = time.perf_counter() - start
+        return Answer(text, tuple(out), self.context_tokens, self.full_tokens, seconds)
+
+    def save(self, path: Any) -> None:
+        from vlmflow.compress.storage import save_context
+
+        save_context(self, path)
+
+
+def continuation_ids(handle: Handle, context_text: str, question: str) -> torch.Tensor:
+    """Token ids of a second user turn (`question`) plus the generation cue, after the context."""
+    first = [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]
+    messages = [
+        {"role": "user", "content": first},
+        {"role": "user", "content": [{"type": "text", "text": question}]},
+    ]
+    full = handle.processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    if not full.startswith(context_text):
+        raise VlmflowError(
+            "this chat template rewrites earlier turns: re-prompting needs a plain one"
+        )
+    suffix = full[len(context_text) :]
+    ids = handle.processor.tokenizer(suffix, add_special_tokens=False, return_tensors="pt")
+    return ids["input_ids"]  # (1, q)
+
+
+def _eos_ids(handle: Handle) -> set[int]:
+    eos = handle.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    tok = handle.processor.tokenizer
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    return ids
+
+
+def _context_text(handle: Handle, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return str(
+        handle.processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    )
+
+
+def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
+    """(axes, 1) position of the token after the first `length` prompt positions."""
+    model = handle.model
+    get_rope_index = getattr(getattr(model, "model", model), "get_rope_index", None)
+    if get_rope_index is None:
+        return torch.tensor([[length]])
+    kwargs = {"image_grid_thw": inputs.get("image_grid_thw")}
+    if inputs.get("mm_token_type_ids") is not None:
+        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :length]
+    positions, _ = get_rope_index(inputs["input_ids"][:, :length], **kwargs)  # (3, 1, length)
+    return positions[:, 0, -1:].cpu() + 1  # (3, 1)
+
+
+def compress(
+    handle: Handle,
+    image: ImageLike,
+    k: float = 0.05,
+    prompt: str = DEFAULT_PROMPT,
+    max_new_tokens: int = 64,
+) -> CompressedContext:
+    """Describe `image` once, rank image tokens per layer, keep the top `k` of them."""
+    import vlmflow
+
+    if not 0.0 <= k <= 1.0:
+        raise VlmflowError(f"k={k} is not a fraction: give 0 <= k <= 1 (0.05 keeps 5%)")
+    context_text = _context_text(handle, prompt)
+    batch = handle.prepare(image, prompt)
+    layout = batch.layout
+    if len(layout.images[0]) != 1:
+        raise VlmflowError("re-prompting compresses one image: give exactly one")
+    capture = vlmflow.Capture.of(fractions=False, image_layers="all", dtype="float32")
+    with vlmflow.session(handle, batch, capture=capture) as s, torch.inference_mode():
+        out = handle.model.generate(
+            **batch.inputs,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            return_dict_in_generate=True,
+        )
+    generated = out.sequences[:, layout.length :]
+    result = s.capture
+    # the context ends where the generation cue begins: it is a prefix of the prompt
+    context_len = _context_length(handle, batch, context_text)
+    codes = layout.codes[0, :context_len]
+    image_pos = result.image_positions[0]  # (n_image,)
+    n_keep = round(k * int(image_pos.numel()))
+    always = [p for p in range(context_len) if codes[p] != Role.IMAGE]
+    keys, values, kept = [], [], []
+    for layer, (lk, lv, *_) in enumerate(out.past_key_values):
+        # attention from generated tokens (steps >= 1: their queries are generated positions)
+        score = result.image_rows[layer][1:, 0].sum(0)  # (n_image,)
+        top = torch.topk(score, n_keep).indices if n_keep else torch.empty(0, dtype=torch.long)
+        positions = sorted(always + image_pos[top].tolist())
+        index = torch.tensor(positions, device=lk.device)
+        keys.append(lk[:, :, index].clone())  # (1, h_kv, c, d)
+        values.append(lv[:, :, index].clone())
+        kept.append(positions)
+    return CompressedContext(
+        handle=handle,
+        keys=keys,
+        values=values,
+        kept=kept,
+        next_position=next_positions(handle, batch.inputs, context_len),
+        full_tokens=context_len,
+        k=k,
+        context_text=context_text,
+        description=handle.decode(generated)[0],
+    )
+
+
+def _context_length(handle: Handle, batch: Any, context_text: str) -> int:
+    """Positions of the prompt that belong to the closed first turn (no generation cue)."""
+    full_text = batch.texts[0]
+    if not full_text.startswith(context_text):
+        raise VlmflowError("this chat template rewrites the turn: re-prompting needs a plain one")
+    cue = full_text[len(context_text) :]
+    cue_ids = handle.processor.tokenizer(cue, add_special_tokens=False)["input_ids"] if cue else []
+    length = batch.layout.length - len(cue_ids)
+    if batch.input_ids[0, length:].tolist() != cue_ids:
+        raise VlmflowError("cannot find where this chat template's answer cue starts")
+    return length

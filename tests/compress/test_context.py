@@ -1,0 +1,93 @@
+"""Compressed contexts: k=100% equals the full prompt, save/load round trip, bad files refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlmflow
+from vlmflow.compress import compress, load_context
+from vlmflow.compress.context import continuation_ids
+from vlmflow.models.tiny import TINY_FAMILIES
+from vlmflow.roles import Role
+
+QUESTIONS = ("Is there a dog in the image?", "How many objects are there?")
+
+
+def _full_prompt_answer(handle, image, context, question, new):
+    """Greedy answer of the uncompressed prompt: context tokens + question, with the image."""
+    batch = handle.prepare(image)
+    n = context.full_tokens
+    qids = continuation_ids(handle, context.context_text, question)
+    ids = torch.cat([batch.input_ids[:, :n], qids], 1)
+    inputs = dict(batch.inputs)
+    inputs["input_ids"] = ids
+    inputs["attention_mask"] = torch.ones_like(ids)
+    if "mm_token_type_ids" in inputs:
+        types = inputs["mm_token_type_ids"][:, :n]
+        inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(qids)], 1)
+    with torch.inference_mode():
+        out = handle.model.generate(**inputs, do_sample=False, max_new_tokens=new)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    context = compress(handle, photo, k=1.0, max_new_tokens=8)
+    assert context.context_tokens == context.full_tokens
+    for question in QUESTIONS:
+        answer = context.ask(question, max_new_tokens=8)
+        expected = _full_prompt_answer(handle, photo, context, question, 8)
+        assert list(answer.ids) == expected[: len(answer.ids)]
+        assert len(answer.ids) == 8 or answer.ids[-1] in (3,)  # ran to the end or stopped at EOS
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl", "smolvlm"])
+def test_pruned_context_keeps_the_top_image_tokens(family, tiny_path, photo, tmp_path):
+    handle = vlmflow.load(str(tiny_path(family)))
+    full = compress(handle, photo, k=1.0, max_new_tokens=8)
+    small = compress(handle, photo, k=0.25, max_new_tokens=8)
+    none = compress(handle, photo, k=0.0, max_new_tokens=8)
+    layout = handle.prepare(photo).layout
+    codes = layout.codes[0]
+    n_image = int((codes[: full.full_tokens] == Role.IMAGE).sum())
+    not_image = full.full_tokens - n_image
+    assert none.context_tokens == not_image  # query-only context: prefix + query
+    assert small.context_tokens == not_image + round(0.25 * n_image)
+    for positions in small.kept:
+        assert len(positions) == small.context_tokens
+        image_kept = [p for p in positions if codes[p] == Role.IMAGE]
+        assert len(image_kept) == round(0.25 * n_image)
+    assert small.kv_bytes() < full.kv_bytes()
+    # a pruned context answers too, and the image-free one differs from the full one somewhere
+    assert small.ask(QUESTIONS[0], max_new_tokens=4).context_tokens == small.context_tokens
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "idefics3"])
+def test_saved_context_answers_identically(family, tiny_path, photo, tmp_path):
+    handle = vlmflow.load(str(tiny_path(family)))
+    context = compress(handle, photo, k=0.25, max_new_tokens=8)
+    path = tmp_path / "context.safetensors"
+    context.save(path)
+    again = load_context(path, handle)
+    assert again.kept == context.kept
+    for question in QUESTIONS:
+        assert again.ask(question, max_new_tokens=8).ids == context.ask(question, 8).ids
+
+
+def test_bad_context_files_are_refused(tiny_path, photo, tmp_path):
+    llava = vlmflow.load(str(tiny_path("llava")))
+    other = vlmflow.load(str(tiny_path("llava_next")))
+    path = tmp_path / "context.safetensors"
+    compress(llava, photo, k=0.25, max_new_tokens=4).save(path)
+    with pytest.raises(vlmflow.VlmflowError, match="made with model"):
+        load_context(path, other)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(vlmflow.VlmflowError, match="not a readable context"):
+        load_context(corrupt, llava)
+    with pytest.raises(vlmflow.VlmflowError, match="no saved context"):
+        load_context(tmp_path / "missing.safetensors", llava)
+    with pytest.raises(vlmflow.VlmflowError, match="fraction"):
+        compress(llava, photo, k=5)
