@@ -54,7 +54,7 @@ class CompressedContext:
         """(1, q) token ids that continue the context with a new user turn and the answer cue."""
         return continuation_ids(self.handle, self.context_text, question)
 
-    def ask(self, question: str, max_new_tokens: int = 16) -> Answer:
+    def ask(self, question: str, max_new_tokens: int = 16, stop_at_eos: bool = True) -> Answer:
         """Greedy answer from the compressed context, without the image."""
         from transformers import DynamicCache
 
@@ -76,7 +76,7 @@ class CompressedContext:
                 ).logits
                 token = int(logits[0, -1].argmax())
                 out.append(token)
-                if token in eos:
+                if stop_at_eos and token in eos:
                     break
                 position = position + q
                 ids = torch.tensor([[token]], device=ids.device)
