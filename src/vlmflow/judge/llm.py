@@ -1,0 +1,261 @@
+"""The paper's LLM judge over any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp).
+
+Settings come from arguments, else the environment: `VLMFLOW_JUDGE_BASE_URL` (or
+`OPENAI_BASE_URL`, default the OpenAI API), `VLMFLOW_JUDGE_MODEL` (default `gpt-4o`) and
+`VLMFLOW_JUDGE_API_KEY` (or `OPENAI_API_KEY`; required only for the OpenAI API itself, local
+servers take none). Transient failures (timeouts, refused connections, HTTP 429 / 5xx) are retried
+with exponential backoff; a reply that is not the JSON asked for raises `JudgeReplyError`, so a
+sweep records it as a failure instead of counting zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlparse
+
+from vlmflow.errors import VlmflowError
+from vlmflow.judge import prompts
+from vlmflow.judge.protocol import Backend, JudgeReplyError, Match, Verdict
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o"
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """Where and how to ask: endpoint, model, key, and the patience for a slow or flaky server."""
+
+    base_url: str = DEFAULT_BASE_URL
+    model: str = DEFAULT_MODEL
+    api_key: str | None = None
+    timeout: float = 120.0
+    retries: int = 3
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    json_mode: bool = True  # ask for response_format=json_object (dropped if the server refuses)
+    max_tokens: int = 1024
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> LlmSettings:
+        """Arguments win over `VLMFLOW_JUDGE_*`, which win over `OPENAI_*`, then defaults."""
+        env = os.environ
+        values: dict[str, Any] = {
+            "base_url": env.get("VLMFLOW_JUDGE_BASE_URL")
+            or env.get("OPENAI_BASE_URL")
+            or DEFAULT_BASE_URL,
+            "model": env.get("VLMFLOW_JUDGE_MODEL") or DEFAULT_MODEL,
+            "api_key": env.get("VLMFLOW_JUDGE_API_KEY") or env.get("OPENAI_API_KEY"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        return replace(settings, base_url=settings.base_url.rstrip("/"))
+
+    @property
+    def needs_key(self) -> bool:
+        return urlparse(self.base_url).hostname == "api.openai.com"
+
+
+class LlmJudge(Backend):
+    """Object lists and matches from a chat model; counting in code."""
+
+    name = "llm"
+    prompt_version = prompts.PROMPT_VERSION
+
+    def __init__(self, settings: LlmSettings | None = None, **overrides: Any) -> None:
+        self.settings = settings or LlmSettings.from_env(**overrides)
+        if self.settings.needs_key and not self.settings.api_key:
+            raise VlmflowError(
+                f"no API key for {self.settings.base_url}: set VLMFLOW_JUDGE_API_KEY "
+                "(or OPENAI_API_KEY), pass --api-key, or point VLMFLOW_JUDGE_BASE_URL at a "
+                "local server"
+            )
+        self.model = self.settings.model
+        self._json_mode = self.settings.json_mode
+        self.last_raw = ""
+
+    # ------------------------------------------------------------------ protocol
+
+    def compare(self, reference: str, candidate: str) -> Verdict:
+        raw = self.chat(prompts.compare_messages(reference, candidate))
+        return parse_verdict(raw, self)
+
+    def mentions(self, text: str, objects: Sequence[str]) -> tuple[bool, ...]:
+        if not objects:
+            return ()
+        raw = self.chat(prompts.mentions_messages(text, objects))
+        return parse_mentions(raw, objects)
+
+    # ------------------------------------------------------------------ transport
+
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        """The assistant's reply text; retries transient failures with exponential backoff."""
+        s = self.settings
+        url = f"{s.base_url}/chat/completions"
+        last_error = ""
+        for attempt in range(s.retries + 1):
+            if attempt:
+                time.sleep(s.backoff * 2 ** (attempt - 1))
+            body: dict[str, Any] = {
+                "model": s.model,
+                "messages": messages,
+                "temperature": 0,
+                "max_tokens": s.max_tokens,
+            }
+            if self._json_mode:
+                body["response_format"] = {"type": "json_object"}
+            try:
+                reply = self._post(url, body)
+            except urllib.error.HTTPError as err:
+                detail = _read_error(err)
+                if err.code == 400 and self._json_mode and "response_format" in detail:
+                    self._json_mode = False  # the server has no JSON mode: ask in words only
+                    continue
+                if err.code == 429 or err.code >= 500:
+                    last_error = f"HTTP {err.code} {detail[:200]}"
+                    continue
+                hint = " (check VLMFLOW_JUDGE_API_KEY)" if err.code in (401, 403) else ""
+                hint = hint or (" (check VLMFLOW_JUDGE_MODEL)" if err.code == 404 else "")
+                raise VlmflowError(
+                    f"judge endpoint {url} answered HTTP {err.code}: {detail[:200]}{hint}"
+                ) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                reason = getattr(err, "reason", err)
+                last_error = f"{type(reason).__name__}: {reason}"
+                continue
+            try:
+                content = reply["choices"][0]["message"]["content"]
+            except (KeyError, IndexError, TypeError):
+                raw = json.dumps(reply)[:2000]
+                raise JudgeReplyError("reply has no choices[0].message.content", raw) from None
+            self.last_raw = content if isinstance(content, str) else json.dumps(content)
+            return self.last_raw
+        raise VlmflowError(
+            f"cannot reach judge endpoint {url} after {s.retries + 1} attempts ({last_error}); "
+            "check VLMFLOW_JUDGE_BASE_URL (or --base-url) and that the server is running"
+        )
+
+    def _post(self, url: str, body: dict[str, Any]) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
+            data = response.read()
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            raise JudgeReplyError("endpoint answered non-JSON", data[:2000].decode()) from None
+
+
+def _read_error(err: urllib.error.HTTPError) -> str:
+    try:
+        return err.read().decode("utf-8", "replace").strip().replace("\n", " ")
+    except Exception:
+        return str(err.reason)
+
+
+def extract_json(raw: str) -> dict[str, Any]:
+    """The first JSON object in a reply, tolerating code fences and text around it."""
+    text = raw.strip()
+    start = text.find("{")
+    while start != -1:
+        depth, in_string, escaped = 0, False, False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    try:
+                        value = json.loads(text[start : i + 1])
+                    except json.JSONDecodeError:
+                        break
+                    if isinstance(value, dict):
+                        return value
+                    break
+        start = text.find("{", start + 1)
+    raise JudgeReplyError("reply holds no JSON object", raw[:2000])
+
+
+def _names(data: dict[str, Any], key: str, raw: str) -> list[str]:
+    value = data.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise JudgeReplyError(f"reply field {key!r} missing or not a list of strings", raw[:2000])
+    names: list[str] = []
+    for v in value:
+        v = " ".join(v.strip().split())
+        if v and v.lower() not in (n.lower() for n in names):
+            names.append(v)
+    return names
+
+
+def parse_verdict(raw: str, judge: Backend) -> Verdict:
+    """Validate a compare reply; every match must pair names from the two lists, once each."""
+    data = extract_json(raw)
+    refs = _names(data, "reference_objects", raw)
+    cands = _names(data, "candidate_objects", raw)
+    matches_raw = data.get("matches")
+    if not isinstance(matches_raw, list):
+        raise JudgeReplyError("reply field 'matches' missing or not a list", raw[:2000])
+    by_lower_ref = {n.lower(): n for n in refs}
+    by_lower_cand = {n.lower(): n for n in cands}
+    matches: list[Match] = []
+    used_ref: set[str] = set()
+    used_cand: set[str] = set()
+    for item in matches_raw:
+        if isinstance(item, dict):
+            ref, cand = item.get("reference"), item.get("candidate")
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            ref, cand = item
+        else:
+            raise JudgeReplyError(f"malformed match {item!r}", raw[:2000])
+        if not isinstance(ref, str) or not isinstance(cand, str):
+            raise JudgeReplyError(f"malformed match {item!r}", raw[:2000])
+        r = by_lower_ref.get(" ".join(ref.lower().split()))
+        c = by_lower_cand.get(" ".join(cand.lower().split()))
+        if r is None or c is None:
+            raise JudgeReplyError(f"match {ref!r} / {cand!r} names an unlisted object", raw[:2000])
+        if r in used_ref or c in used_cand:
+            raise JudgeReplyError(f"match {ref!r} / {cand!r} reuses an object", raw[:2000])
+        used_ref.add(r)
+        used_cand.add(c)
+        matches.append(Match(r, c, 1.0, "judged the same object"))
+    reasoning = data.get("reasoning", "")
+    return judge.verdict(refs, cands, matches, reasoning if isinstance(reasoning, str) else "")
+
+
+def parse_mentions(raw: str, objects: Sequence[str]) -> tuple[bool, ...]:
+    """Validate a mentions reply: one boolean per asked object (matched by name, else order)."""
+    data = extract_json(raw)
+    answers = data.get("answers")
+    if not isinstance(answers, list) or len(answers) != len(objects):
+        raise JudgeReplyError(
+            f"reply field 'answers' missing or not {len(objects)} items", raw[:2000]
+        )
+    by_name: dict[str, bool] = {}
+    ordered: list[bool] = []
+    for item in answers:
+        if not isinstance(item, dict) or not isinstance(item.get("mentioned"), bool):
+            raise JudgeReplyError(f"malformed answer {item!r}", raw[:2000])
+        ordered.append(item["mentioned"])
+        if isinstance(item.get("object"), str):
+            by_name[item["object"].strip().lower()] = item["mentioned"]
+    return tuple(by_name.get(o.strip().lower(), ordered[i]) for i, o in enumerate(objects))
