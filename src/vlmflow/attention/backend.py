@@ -54,27 +54,32 @@ def attention(
     step = kv_len - session.prompt_length
     recorder = session.recorder
     record = recorder is not None and recorder.wants(layer) and step >= 0
-    if cut is None and not record:
-        return sdpa_attention_forward(
+    if cut is None:
+        # capture only: the output is SDPA's own; the captured row is the last query, which
+        # sees every key that the given mask lets it see (all of them when the mask is None)
+        out, _ = sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    mask = attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
-    if cut is not None:
+        row = attention_mask[:, :, -1:, :] if attention_mask is not None else None
+    else:
+        mask = (
+            attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
+        )
         mask = mask & ~cut[:, None]  # (b, 1, q, kv)
-    out, _ = sdpa_attention_forward(
-        module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+        out, _ = sdpa_attention_forward(
+            module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+        row = mask[:, :, -1:, :]
     if record and recorder is not None:
-        weights = _last_row_weights(module, query, key, mask, scaling)  # (b, h, kv)
+        weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
         recorder.record(layer, step, weights, roles)
     return out, None
 
 
 def _last_row_weights(
-    module: torch.nn.Module,
     query: torch.Tensor,  # (b, h, q, d)
     key: torch.Tensor,  # (b, h_kv, kv, d)
-    mask: torch.Tensor,  # (b or 1, 1, q, kv) bool
+    row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool for the last query, None: all keys
     scaling: float | None,
 ) -> torch.Tensor:  # (b, h, kv) float32
     """Softmax attention of the last query row, computed per key-value head group (no repeat)."""
@@ -84,7 +89,8 @@ def _last_row_weights(
     q = query[:, :, -1, :].float().reshape(b, h_kv, h // h_kv, d)  # (b, h_kv, g, d)
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # (b, h_kv, g, kv)
     scores = scores.reshape(b, h, kv)
-    scores = scores.masked_fill(~mask[:, :, -1, :], float("-inf"))  # mask row (b, 1, kv)
+    if row_mask is not None:
+        scores = scores.masked_fill(~row_mask[:, :, -1, :], float("-inf"))  # (b, 1, kv)
     return scores.softmax(dim=-1)
 
 
