@@ -1,0 +1,718 @@
+"""Training of the default model's projector (and a rank-8 LoRA) on the scene world.
+
+Why it is built this way (measured on 2 CPU cores):
+- the DINOv2 tower is frozen, so its features are computed once per scene and cached on disk;
+- a caption loss alone barely moves a 135M language model in minutes, so every image token
+  also gets a *grounding* loss: its projection is classified (cosine, temperature) against the
+  language model's own input embeddings of the object names, with targets from the scene's
+  exact masks; a small auxiliary head asks the same tokens for their 3x3 grid cell, so
+  position stays readable; yes/no answers are trained alongside the description;
+- the frozen language model runs in bfloat16 under CPU autocast; only the answer positions go
+  through the 49k-word output layer;
+- a first, cheap phase trains the grounding and position losses alone (no language-model
+  pass, ~0.2 s a step), so the expensive phase starts from tokens already near the words;
+- batches are a pure function of (seed, step), and state is saved atomically every few steps,
+  so a killed run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlmflow.default_model.processor import GRID, IMAGE_TOKEN, NUM_IMAGE_TOKENS
+from vlmflow.default_model.smollm2 import LanguageModelParts
+from vlmflow.errors import VlmflowError
+
+VISION_DIM = 384
+TEXT_DIM = 576
+FEATURE_FORMAT = 1
+CAPTION_PROMPT = "Describe the image."
+ANSWERS = {"yes": "Yes.", "no": "No."}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the result; a resumed run must use the same values."""
+
+    seed: int = 0
+    scenes: int = 6000  # training scenes whose features are cached
+    align_steps: int = 1500  # first phase: grounding/position losses only (no language model)
+    steps: int = 2400  # second phase: all losses, through the language model
+    batch_size: int = 8
+    grounding_batch: int = 24  # extra scenes per step for the grounding loss only
+    lr_projector: float = 1e-3
+    lr_lora: float = 3e-4
+    warmup: int = 50
+    lora_rank: int = 8  # 0: projector only
+    lora_alpha: float = 16.0
+    caption_fraction: float = 0.5  # share of batch slots asked to describe; the rest yes/no
+    grounding_weight: float = 1.0
+    position_weight: float = 0.2
+    background_weight: float = 0.2
+    temperature: float = 0.07
+    cell_threshold: float = 0.2  # an image cell belongs to an object covering this fraction
+
+    @property
+    def total_steps(self) -> int:
+        return self.align_steps + self.steps
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Frozen DINOv2 features and exact per-cell labels of a list of scenes, on disk."""
+
+    folder: Path
+    features: np.ndarray  # (n, 256, 384) float16, memory-mapped
+    cells: np.ndarray  # (n, 256) int16: 0 background, 1 + vocabulary index of the object
+    scenes: list[dict[str, Any]]  # description, questions, names
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def vocabulary_names() -> list[str]:
+    from vlmflow.scenes import VOCABULARY
+
+    return list(VOCABULARY)
+
+
+def cell_labels(scene: Any, threshold: float) -> np.ndarray:
+    """(256,) int16: per 14 px patch of the 224 px input, the object covering most of it."""
+    index = {name: i for i, name in enumerate(vocabulary_names())}
+    size = scene.size
+    if size % GRID:
+        raise VlmflowError(f"scene size {size} is not a multiple of {GRID}")
+    step = size // GRID
+    labels = scene.label_map()  # (size, size) uint8: 0 or 1 + object index
+    best = np.zeros((GRID, GRID), dtype=np.float64)
+    out = np.zeros((GRID, GRID), dtype=np.int16)
+    for i, obj in enumerate(scene.objects):
+        cover = (labels == i + 1).reshape(GRID, step, GRID, step).mean(axis=(1, 3))  # (16, 16)
+        take = (cover > best) & (cover >= threshold)
+        out[take] = 1 + index[obj.name]
+        best = np.maximum(best, cover)
+    return out.reshape(-1)
+
+
+def scene_record(scene: Any) -> dict[str, Any]:
+    return {
+        "id": scene.id,
+        "description": scene.description,
+        "names": list(scene.names),
+        "questions": [[q.text, q.answer, q.category] for q in scene.questions],
+    }
+
+
+def build_feature_cache(
+    folder: Path,
+    scenes: Callable[[int, int], Iterable[Any]],
+    count: int,
+    *,
+    threshold: float,
+    chunk: int = 32,
+    progress: Callable[[str], None] = print,
+) -> FeatureCache:
+    """Compute (or finish computing) the cache for scenes 0..count-1; resumable per chunk.
+
+    `scenes(start, n)` yields scenes `start .. start + n - 1` of a fixed list.
+    """
+    from vlmflow.default_model.dinov2_onnx import load_dinov2
+    from vlmflow.default_model.processor import image_processor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info_path = folder / "progress.json"
+    fingerprint = {"format": FEATURE_FORMAT, "count": count, "threshold": threshold}
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    mode = "r+"
+    if info is None or info.get("fingerprint") != fingerprint:
+        info = {"fingerprint": fingerprint, "done": 0}
+        mode = "w+"
+    features = np.lib.format.open_memmap(
+        folder / "features.npy",
+        mode=mode,
+        dtype=np.float16,
+        shape=(count, NUM_IMAGE_TOKENS, VISION_DIM),
+    )
+    cells = np.lib.format.open_memmap(
+        folder / "cells.npy", mode=mode, dtype=np.int16, shape=(count, NUM_IMAGE_TOKENS)
+    )
+    records_path = folder / "scenes.jsonl"
+    done = int(info["done"])
+    lines = records_path.read_text().splitlines()[:done] if records_path.is_file() else []
+    records_path.write_text("".join(line + "\n" for line in lines))
+    if done < count:
+        tower = load_dinov2()
+        processor = image_processor()
+        started = time.perf_counter()
+        first = done
+        while done < count:
+            batch = list(scenes(done, min(chunk, count - done)))
+            pixels = processor([s.image for s in batch], return_tensors="pt")["pixel_values"]
+            with torch.no_grad():
+                hidden = tower(pixels, output_hidden_states=True).hidden_states[-1]  # (b, 257, d)
+            features[done : done + len(batch)] = hidden[:, 1:].numpy().astype(np.float16)
+            cells[done : done + len(batch)] = np.stack([cell_labels(s, threshold) for s in batch])
+            features.flush()
+            cells.flush()
+            with records_path.open("a") as handle:
+                for s in batch:
+                    handle.write(json.dumps(scene_record(s)) + "\n")
+            done += len(batch)
+            info["done"] = done
+            _atomic_write_text(info_path, json.dumps(info))
+            rate = (time.perf_counter() - started) / (done - first)
+            progress(
+                f"features {done}/{count}  {rate:.3f} s/scene  ETA {_eta(rate * (count - done))}"
+            )
+    records = [json.loads(line) for line in records_path.read_text().splitlines()]
+    return FeatureCache(
+        folder=folder,
+        features=np.load(folder / "features.npy", mmap_mode="r"),
+        cells=np.load(folder / "cells.npy", mmap_mode="r"),
+        scenes=records,
+    )
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class Projector(nn.Module):
+    """llava's projector (linear-GELU-linear) on standardised features.
+
+    Standardising DINOv2's pre-norm features (a few channels are 10-50x larger than the rest)
+    makes optimisation well-conditioned; `export()` folds it into `linear_1`, so the shipped
+    projector reads raw features exactly like transformers' `LlavaMultiModalProjector`.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())  # (384,)
+        self.register_buffer("std", std.clone())  # (384,)
+        self.linear_1 = nn.Linear(VISION_DIM, TEXT_DIM)
+        self.linear_2 = nn.Linear(TEXT_DIM, TEXT_DIM)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (b, n, 384) -> (b, n, 576)
+        z = (features - self.mean) / self.std
+        return self.linear_2(F.gelu(self.linear_1(z)))
+
+    def export(self) -> dict[str, torch.Tensor]:
+        w = self.linear_1.weight / self.std[None, :]  # (576, 384)
+        b = self.linear_1.bias - w @ self.mean
+        return {
+            "multi_modal_projector.linear_1.weight": w.detach().clone(),
+            "multi_modal_projector.linear_1.bias": b.detach().clone(),
+            "multi_modal_projector.linear_2.weight": self.linear_2.weight.detach().clone(),
+            "multi_modal_projector.linear_2.bias": self.linear_2.bias.detach().clone(),
+        }
+
+
+class LoraLinear(nn.Module):
+    """`base(x) + scale * B(A(x))` with a frozen base; B starts at zero (no change at step 0)."""
+
+    def __init__(
+        self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        bound = 1.0 / math.sqrt(base.in_features)
+        a = (torch.rand(rank, base.in_features, generator=generator) * 2 - 1) * bound
+        self.lora_A = nn.Parameter(a)  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))  # (out, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return self.base(x) + self.scale * delta
+
+
+class Heads(nn.Module):
+    """Training-only parts: background prototype for grounding, 3x3 position head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.background = nn.Parameter(torch.zeros(TEXT_DIM))
+        self.position = nn.Linear(TEXT_DIM, 6)  # 3 rows + 3 columns
+
+
+def lora_modules(lm: Any) -> dict[str, LoraLinear]:
+    """LoRA wrappers by module name relative to `LlamaModel` (`layers.3.self_attn.q_proj`)."""
+    return {
+        name.removeprefix("model."): module
+        for name, module in lm.named_modules()
+        if isinstance(module, LoraLinear)
+    }
+
+
+def add_lora(lm: Any, rank: int, alpha: float, seed: int) -> dict[str, LoraLinear]:
+    generator = torch.Generator().manual_seed(seed + 1)
+    for layer in lm.model.layers:
+        attn = layer.self_attn
+        attn.q_proj = LoraLinear(attn.q_proj, rank, alpha, generator)
+        attn.v_proj = LoraLinear(attn.v_proj, rank, alpha, generator)
+    return lora_modules(lm)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class Example:
+    scene: int  # index into the feature cache
+    question: str
+    answer: str
+
+
+def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
+    """The batch of a step: a pure function of (seed, step), so resuming repeats nothing."""
+    per_epoch = len(cache) // config.batch_size
+    epoch, slot = divmod(step, per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(cache))
+    picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
+    rng = np.random.default_rng([config.seed, step, 1])
+    out = []
+    for i, index in enumerate(picks):
+        record = cache.scenes[int(index)]
+        if i < round(config.caption_fraction * config.batch_size):
+            out.append(Example(int(index), CAPTION_PROMPT, record["description"]))
+        else:
+            text, answer, _ = record["questions"][int(rng.integers(len(record["questions"])))]
+            out.append(Example(int(index), text, ANSWERS[answer]))
+    return out
+
+
+def grounding_scenes_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[int]:
+    """Extra scenes for the cheap grounding/position losses (projector only, no language model).
+
+    The alignment phase has no text batch, so it takes `batch_size` more of them.
+    """
+    rng = np.random.default_rng([config.seed, step, 2])
+    wanted = config.grounding_batch + (config.batch_size if step < config.align_steps else 0)
+    count = min(wanted, len(cache))
+    return [int(i) for i in rng.choice(len(cache), size=count, replace=False)]
+
+
+class Prompts:
+    """Token ids of prompts and answers, built with the checkpoint's own chat template."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.end_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._prompts: dict[str, list[int]] = {}
+
+    def prompt(self, question: str) -> list[int]:
+        if question not in self._prompts:
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+            ]
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * NUM_IMAGE_TOKENS)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._prompts[question] = list(ids)
+        return self._prompts[question]
+
+    def answer(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [*ids, self.end_id]
+
+
+def collate(
+    prompts: Prompts, examples: Sequence[Example], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, labels)`, each `(b, t)`; -100 off answers."""
+    rows = []
+    for ex in examples:
+        p, a = prompts.prompt(ex.question), prompts.answer(ex.answer)
+        rows.append((p + a, [-100] * len(p) + a))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (seq, lab) in enumerate(rows):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return ids, mask, labels
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass(frozen=True)
+class StepLosses:
+    total: float
+    text: float
+    grounding: float
+    position: float
+
+
+class Trainer:
+    """Frozen SmolLM2 (bf16) + trainable projector, LoRA and training-only heads."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        cache: FeatureCache,
+        parts: LanguageModelParts | None = None,
+        lm_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
+        from transformers import LlamaForCausalLM
+
+        from vlmflow.default_model.processor import add_image_token, build_processor
+        from vlmflow.default_model.smollm2 import load_smollm2
+
+        self.config = config
+        self.cache = cache
+        parts = parts or load_smollm2()
+        add_image_token(parts.tokenizer)
+        build_processor(parts.tokenizer)  # sets the chat template
+        self.prompts = Prompts(parts.tokenizer)
+        self.pad_id = int(parts.config.pad_token_id)
+        lm: Any = LlamaForCausalLM(parts.config)  # on CPU: rotary buffers are not in the state dict
+        lm.load_state_dict(parts.state_dict, strict=False)
+        lm.tie_weights()
+        self.vocab = int(parts.config.vocab_size)
+        lm.requires_grad_(False)
+        self.lm = lm.to(lm_dtype).eval()
+        self.lm_dtype = lm_dtype
+        torch.manual_seed(config.seed)
+        sample = torch.from_numpy(np.asarray(cache.features[: min(len(cache), 256)], np.float32))
+        flat = sample.reshape(-1, VISION_DIM)
+        self.projector = Projector(flat.mean(0), flat.std(0).clamp_min(1e-3))
+        self.heads = Heads()
+        self.lora: dict[str, LoraLinear] = {}
+        if config.lora_rank > 0:
+            self.lora = add_lora(self.lm, config.lora_rank, config.lora_alpha, config.seed)
+        self.name_ids = self._name_prototype_ids()
+        groups: list[dict[str, Any]] = [
+            {
+                "params": [*self.projector.parameters(), *self.heads.parameters()],
+                "lr": config.lr_projector,
+            },
+        ]
+        lora_params = [p for m in self.lora.values() for p in (m.lora_A, m.lora_B)]
+        if lora_params:
+            groups.append({"params": lora_params, "lr": config.lr_lora})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self.base_lrs = [float(g["lr"]) for g in groups]
+        self.step = 0
+        self.elapsed = 0.0
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 compute for a bfloat16 language model; plain float32 otherwise."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.lm_dtype == torch.bfloat16)
+
+    def _name_prototype_ids(self) -> list[list[int]]:
+        tok = self.prompts.tokenizer
+        return [
+            tok(" " + name, add_special_tokens=False)["input_ids"] for name in vocabulary_names()
+        ]
+
+    def prototypes(self) -> torch.Tensor:
+        """(1 + types, 576): background prototype, then mean input embedding of each name."""
+        table = self.lm.model.embed_tokens.weight.float()
+        names = torch.stack([table[ids].mean(0) for ids in self.name_ids])
+        return torch.cat([self.heads.background[None], names])
+
+    # -- state
+
+    def trainable_state(self) -> dict[str, Any]:
+        return {
+            "projector": self.projector.state_dict(),
+            "heads": self.heads.state_dict(),
+            "lora": {n: {"A": m.lora_A.data, "B": m.lora_B.data} for n, m in self.lora.items()},
+        }
+
+    def save(self, path: Path, history: list[dict[str, float]]) -> None:
+        state = {
+            "config": self.config.to_json(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "trainable": self.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": history,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> list[dict[str, float]]:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if TrainConfig.from_json(state["config"]) != self.config:
+            raise VlmflowError(
+                f"{path} was written with other settings: use the same flags or a new --state"
+            )
+        trainable = state["trainable"]
+        self.projector.load_state_dict(trainable["projector"])
+        self.heads.load_state_dict(trainable["heads"])
+        for name, module in self.lora.items():
+            module.lora_A.data.copy_(trainable["lora"][name]["A"])
+            module.lora_B.data.copy_(trainable["lora"][name]["B"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        history: list[dict[str, float]] = state["history"]
+        return history
+
+    # -- one step
+
+    def learning_rate_factor(self, step: int) -> float:
+        """Per phase: linear warm-up; then constant (alignment) or cosine decay to 10%."""
+        cfg = self.config
+        if step < cfg.align_steps:
+            return min(1.0, (step + 1) / cfg.warmup)
+        step -= cfg.align_steps
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def image_embeddings(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected image tokens `(b, 256, 576)` and their cell labels `(b, 256)`."""
+        feats = torch.from_numpy(np.asarray(self.cache.features[list(indices)], np.float32))
+        cells = torch.from_numpy(np.asarray(self.cache.cells[list(indices)], np.int64))
+        return self.projector(feats), cells
+
+    def embed(self, ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Text embeddings with the image tokens' rows replaced by projected features."""
+        table = self.lm.model.embed_tokens
+        is_image = ids == self.prompts.image_token_id  # (b, t)
+        embeds = table(ids.clamp(max=self.vocab - 1)).to(image.dtype)  # (b, t, 576)
+        return embeds.masked_scatter(is_image[..., None], image.reshape(-1, image.shape[-1]))
+
+    def losses(
+        self, examples: Sequence[Example], extra: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, StepLosses]:
+        """Text loss on `examples`; grounding and position losses on them plus `extra` scenes."""
+        cfg = self.config
+        scenes = [e.scene for e in examples]
+        every, cells = self.image_embeddings([*scenes, *extra])  # (b + e, 256, 576)
+        text = self._text_loss(examples, every[: len(scenes)]) if examples else torch.zeros(())
+        # grounding: cosine of each image token with the name prototypes
+        protos = F.normalize(self.prototypes(), dim=-1)  # (1 + k, 576)
+        sims = F.normalize(every, dim=-1) @ protos.T / cfg.temperature  # (b + e, 256, 1 + k)
+        per_cell = F.cross_entropy(sims.flatten(0, 1), cells.flatten(), reduction="none")
+        weight = torch.where(cells.flatten() > 0, 1.0, cfg.background_weight)
+        grounding = (per_cell * weight).sum() / weight.sum()
+        # position: each token's 3x3 cell, so positions stay linearly readable
+        grid = torch.arange(NUM_IMAGE_TOKENS)
+        row, col = (grid // GRID) * 3 // GRID, (grid % GRID) * 3 // GRID  # (256,)
+        pos = self.heads.position(every)  # (b + e, 256, 6)
+        position = F.cross_entropy(
+            pos[..., :3].flatten(0, 1), row.repeat(len(every))
+        ) + F.cross_entropy(pos[..., 3:].flatten(0, 1), col.repeat(len(every)))
+        total = text + cfg.grounding_weight * grounding + cfg.position_weight * position
+        return total, StepLosses(total.item(), text.item(), grounding.item(), position.item())
+
+    def _text_loss(self, examples: Sequence[Example], image: torch.Tensor) -> torch.Tensor:
+        """Answer cross-entropy for `(b, 256, 576)` image tokens, through the language model."""
+        ids, mask, labels = collate(self.prompts, examples, self.pad_id)
+        with self.autocast():
+            hidden = self.lm.model(
+                inputs_embeds=self.embed(ids, image), attention_mask=mask
+            ).last_hidden_state  # (b, t, 576)
+            targets = labels[:, 1:]
+            keep = targets != -100
+            logits = self.lm.lm_head(hidden[:, :-1][keep])  # (answer tokens, vocab)
+        # mean per answer, then over answers: a 3-token "Yes." weighs as much as a description
+        per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+        owner = torch.arange(len(examples))[:, None].expand_as(targets)[keep]  # (answer tokens,)
+        sums = torch.zeros(len(examples)).index_add(0, owner, per_token)
+        counts = torch.zeros(len(examples)).index_add(0, owner, torch.ones_like(per_token))
+        return (sums / counts.clamp_min(1)).mean()
+
+    @property
+    def in_language_phase(self) -> bool:
+        return self.step >= self.config.align_steps
+
+    def train_step(self) -> StepLosses:
+        factor = self.learning_rate_factor(self.step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        examples: list[Example] = []
+        if self.in_language_phase:
+            examples = examples_for_step(
+                self.cache, self.config, self.step - self.config.align_steps
+            )
+        extra = grounding_scenes_for_step(self.cache, self.config, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, parts = self.losses(examples, extra)
+        total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return parts
+
+    # -- export and evaluation
+
+    def export(self, path: Path, metadata: dict[str, str]) -> str:
+        from vlmflow.default_model.weights import save_weights
+
+        lora = {name: (m.lora_A.data, m.lora_B.data) for name, m in self.lora.items()}
+        scale = next(iter(self.lora.values())).scale if self.lora else 1.0
+        return save_weights(path, self.projector.export(), lora, scale, metadata)
+
+    @torch.no_grad()
+    def describe(self, features: np.ndarray, max_new_tokens: int = 128) -> list[str]:
+        """Greedy answers to "Describe the image." for `(b, 256, 384)` features."""
+        return self.generate(features, [CAPTION_PROMPT] * len(features), max_new_tokens)
+
+    @torch.no_grad()
+    def next_token_logits(self, features: np.ndarray, questions: Sequence[str]) -> torch.Tensor:
+        """`(b, vocab)` logits of the first answer token for `(b, 256, 384)` features."""
+        image = self.projector(torch.from_numpy(np.asarray(features, np.float32)))
+        examples = [Example(0, q, "") for q in questions]
+        ids, mask, _ = collate(self.prompts, examples, self.pad_id)  # right-padded
+        last = mask.sum(1) - 2  # the answer "" still adds <|im_end|>: drop it
+        with self.autocast():
+            hidden = self.lm.model(inputs_embeds=self.embed(ids, image), attention_mask=mask)
+            rows = hidden.last_hidden_state[torch.arange(len(ids)), last]  # (b, 576)
+            logits: torch.Tensor = self.lm.lm_head(rows).float()
+        return logits
+
+    def first_tokens(self, features: np.ndarray, questions: Sequence[str]) -> list[str]:
+        """The greedy first answer token per question (enough to read a yes/no answer)."""
+        best = self.next_token_logits(features, questions).argmax(-1)  # (b,)
+        return [self.prompts.tokenizer.decode([int(t)]) for t in best]
+
+    @torch.no_grad()
+    def generate(
+        self, features: np.ndarray, questions: Sequence[str], max_new_tokens: int
+    ) -> list[str]:
+        image = self.projector(torch.from_numpy(np.asarray(features, np.float32)))
+        prompts = [self.prompts.prompt(q) for q in questions]
+        width = max(len(p) for p in prompts)
+        # left padding, so every row's next token comes right after its prompt
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        with self.autocast():
+            out = self.lm.generate(
+                inputs_embeds=self.embed(ids, image),
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.prompts.end_id,
+                pad_token_id=self.pad_id,
+            )
+        return [self.prompts.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _patterns() -> list[tuple[str, re.Pattern[str]]]:
+    from vlmflow.scenes import VOCABULARY
+
+    out = []
+    for name, kind in VOCABULARY.items():
+        words = sorted({name, kind.plural, *kind.synonyms}, key=len, reverse=True)
+        alternatives = "|".join(re.escape(w) + "s?" for w in words)
+        out.append((name, re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)))
+    return out
+
+
+def mentioned_objects(text: str) -> set[str]:
+    """Canonical names of the vocabulary objects a description mentions (synonyms count)."""
+    return {name for name, pattern in _patterns() if pattern.search(text)}
+
+
+def yes_no(text: str) -> str | None:
+    words = re.findall(r"[a-z]+", text.lower())
+    return words[0] if words and words[0] in ("yes", "no") else None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    scenes: int
+    precision: float
+    recall: float
+    yes_no_accuracy: float
+    yes_no_by_category: dict[str, float]
+
+    def line(self) -> str:
+        cats = " ".join(f"{k}={v:.2f}" for k, v in sorted(self.yes_no_by_category.items()))
+        return (
+            f"scenes={self.scenes} object P={self.precision:.3f} R={self.recall:.3f} "
+            f"yes/no={self.yes_no_accuracy:.3f} ({cats})"
+        )
+
+
+def evaluate(
+    trainer: Trainer,
+    cache: FeatureCache,
+    *,
+    batch_size: int = 8,
+    progress: Callable[[str], None] = print,
+) -> EvalResult:
+    """Object precision/recall of descriptions and yes/no accuracy on the cached scenes."""
+    tp = n_pred = n_true = 0
+    right: dict[str, list[bool]] = {}
+    for start in range(0, len(cache), batch_size):
+        stop = min(len(cache), start + batch_size)
+        feats = np.asarray(cache.features[start:stop])
+        for record, text in zip(cache.scenes[start:stop], trainer.describe(feats), strict=True):
+            pred, true = mentioned_objects(text), set(record["names"])
+            tp, n_pred, n_true = tp + len(pred & true), n_pred + len(pred), n_true + len(true)
+        for i, record in enumerate(cache.scenes[start:stop]):
+            questions = record["questions"]
+            replies = trainer.first_tokens(
+                np.repeat(feats[i : i + 1], len(questions), axis=0), [q[0] for q in questions]
+            )
+            for (_, answer, category), reply in zip(questions, replies, strict=True):
+                right.setdefault(category, []).append(yes_no(reply) == answer)
+        progress(f"eval {stop}/{len(cache)}")
+    every = [r for rs in right.values() for r in rs]
+    return EvalResult(
+        scenes=len(cache),
+        precision=tp / n_pred if n_pred else 0.0,
+        recall=tp / n_true if n_true else 0.0,
+        yes_no_accuracy=sum(every) / len(every) if every else 0.0,
+        yes_no_by_category={k: sum(v) / len(v) for k, v in right.items()},
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

@@ -1,0 +1,198 @@
+"""Training pieces: exact cell targets, reproducible batches, exact resume, metrics, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import torch
+
+from vlmflow.default_model import training as tr
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Any]:
+    scenes_module = pytest.importorskip("vlmflow.scenes")
+    return [scenes_module.generate(seed) for seed in range(1_000_000, 1_000_006)]
+
+
+def test_cell_labels_follow_the_masks(scenes: list[Any]) -> None:
+    names = tr.vocabulary_names()
+    for scene in scenes:
+        cells = tr.cell_labels(scene, threshold=0.2).reshape(16, 16)
+        step = scene.size // 16
+        labelled = {names[v - 1] for v in np.unique(cells) if v > 0}
+        assert labelled <= set(scene.names)
+        for obj in scene.objects:
+            cover = obj.mask.reshape(16, step, 16, step).mean(axis=(1, 3))
+            # the cell this object covers most carries some object; a big object is found
+            r, c = np.unravel_index(cover.argmax(), cover.shape)
+            if cover[r, c] >= 0.5:
+                assert cells[r, c] > 0
+        assert (cells == 0).any()  # backgrounds exist in every scene
+
+
+def _cache(tmp_path: Path, scenes: list[Any], count: int = 6) -> tr.FeatureCache:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(count, 256, 384)).astype(np.float16)
+    cells = np.stack([tr.cell_labels(s, 0.2) for s in scenes[:count]])
+    records = [tr.scene_record(s) for s in scenes[:count]]
+    return tr.FeatureCache(folder=tmp_path, features=features, cells=cells, scenes=records)
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path: Path, scenes: list[Any]) -> None:
+    cache = _cache(tmp_path, scenes)
+    config = tr.TrainConfig(batch_size=2, scenes=6)
+    assert tr.examples_for_step(cache, config, 4) == tr.examples_for_step(cache, config, 4)
+    epoch = [e.scene for s in range(3) for e in tr.examples_for_step(cache, config, s)]
+    assert sorted(epoch) == list(range(6))  # one epoch sees every scene once
+    first = tr.examples_for_step(cache, config, 0)
+    assert first[0].question == tr.CAPTION_PROMPT
+    assert first[1].answer in ("Yes.", "No.")
+
+
+def test_mentioned_objects_understand_synonyms_and_plurals() -> None:
+    text = "There are three objects: a puppy in the top left, two apples and a small key."
+    found = tr.mentioned_objects(text)
+    assert {"dog", "apple"} <= found
+    assert "cat" not in found
+    assert tr.mentioned_objects("A watermelon.") == {"watermelon"}
+    assert tr.yes_no("Yes.") == "yes" and tr.yes_no(" no") == "no" and tr.yes_no("Maybe") is None
+
+
+def test_projector_export_folds_the_standardisation() -> None:
+    torch.manual_seed(0)
+    mean, std = torch.randn(384), torch.rand(384) + 0.5
+    projector = tr.Projector(mean, std)
+    exported = projector.export()
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    class _Config:
+        vision_feature_layer = -1
+        projector_hidden_act = "gelu"
+        multimodal_projector_bias = True
+
+        class vision_config:  # mirrors the transformers attribute
+            hidden_size = 384
+
+        class text_config:
+            hidden_size = 576
+
+    llava = LlavaMultiModalProjector(cast(Any, _Config()))
+    llava.load_state_dict(
+        {k.removeprefix("multi_modal_projector."): v for k, v in exported.items()}
+    )
+    x = torch.randn(2, 256, 384) * 10
+    torch.testing.assert_close(llava(x), projector(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_parts(pieces_installed: None) -> Any:
+    """SmolLM2's real tokenizer with a 2-layer random Llama of the same width (fast steps)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vlmflow.default_model.smollm2 import LanguageModelParts, load_smollm2
+
+    real = load_smollm2(with_weights=False)
+    values = real.config.to_dict()
+    values.update(num_hidden_layers=2, intermediate_size=128)
+    config = LlamaConfig(**{k: v for k, v in values.items() if k not in ("model_type",)})
+    torch.manual_seed(0)
+    state = {
+        k: v for k, v in LlamaForCausalLM(config).state_dict().items() if k != "lm_head.weight"
+    }
+    return LanguageModelParts(config=config, state_dict=state, tokenizer=real.tokenizer)
+
+
+def _params(trainer: tr.Trainer) -> dict[str, torch.Tensor]:
+    state = trainer.trainable_state()
+    flat = {f"projector.{k}": v for k, v in state["projector"].items()}
+    for name, ab in state["lora"].items():
+        flat[f"{name}.A"], flat[f"{name}.B"] = ab["A"], ab["B"]
+    return {k: v.clone() for k, v in flat.items()}
+
+
+def test_resume_continues_exactly(tmp_path: Path, scenes: list[Any], tiny_parts: Any) -> None:
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    # step 0 aligns the projector alone; steps 1-2 go through the language model
+    config = tr.TrainConfig(batch_size=2, scenes=6, align_steps=1, steps=2, warmup=1)
+    straight = tr.Trainer(config, cache, tiny_parts)
+    for _ in range(3):
+        straight.train_step()
+
+    first = tr.Trainer(config, cache, tiny_parts)
+    for _ in range(2):
+        first.train_step()
+    first.save(tmp_path / "checkpoint.pt", history=[])
+    resumed = tr.Trainer(config, cache, tiny_parts)
+    resumed.load(tmp_path / "checkpoint.pt")
+    assert resumed.step == 2
+    resumed.train_step()
+
+    expected, got = _params(straight), _params(resumed)
+    assert set(expected) == set(got)
+    moved = _params(tr.Trainer(config, cache, tiny_parts))
+    assert any(not torch.equal(expected[k], moved[k]) for k in expected)  # training did something
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+
+def test_training_prompt_matches_the_processor(checkpoint: Path) -> None:
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    prompts = tr.Prompts(processor.tokenizer)
+    question = "Is there a dog in the image?"
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    ids = processor(images=Image.new("RGB", (448, 448)), text=text)["input_ids"][0]
+    assert list(ids) == prompts.prompt(question)
+
+
+def test_trained_weights_survive_assembly(
+    tmp_path: Path, scenes: list[Any], pieces_installed: None
+) -> None:
+    """Logits of the training path equal those of the assembled checkpoint (fold + LoRA merge)."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmflow.default_model import ensure_checkpoint
+    from vlmflow.default_model.dinov2_onnx import load_dinov2
+    from vlmflow.default_model.processor import image_processor
+
+    scene = scenes[1]
+    pixels = image_processor()([scene.image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = load_dinov2()(pixels, output_hidden_states=True).hidden_states[-1]
+    features = hidden[:, 1:].numpy()  # (1, 256, 384)
+    cells = tr.cell_labels(scene, 0.2)[None]
+    cache = tr.FeatureCache(tmp_path, features, cells, [tr.scene_record(scene)])
+    config = tr.TrainConfig(batch_size=1, scenes=1)
+    trainer = tr.Trainer(config, cache, lm_dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    for module in trainer.lora.values():  # B starts at zero: make the merge visible
+        module.lora_B.data.copy_(torch.randn(module.lora_B.shape, generator=generator) * 0.05)
+    weights = tmp_path / "candidate.safetensors"
+    trainer.export(weights, {"steps": "0"})
+
+    folder = ensure_checkpoint(tmp_path / "cache", weights_file=weights)
+    assert folder.name.startswith("vlmflow-tiny-1-")
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    question = "Is there a dog in the image?"
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image: Image.Image = scene.image
+    inputs = processor(images=image, text=text, return_tensors="pt")
+    with torch.no_grad():
+        got = model(**inputs).logits[0, -1]  # (vocab + 1,)
+    expected = trainer.next_token_logits(features, [question])[0]  # (vocab,)
+    torch.testing.assert_close(got[: expected.shape[0]], expected, atol=2e-3, rtol=1e-3)
