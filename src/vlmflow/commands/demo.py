@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
     handle = vlmflow.load(args.model, device=args.device)
+    if "untrained" in str(handle.model.name_or_path):
+        print(
+            "note: this vlmflow-tiny has no trained projector yet, so its descriptions are not"
+            " grounded in the image; the analyses below run all the same"
+        )
     scenes = fixed_set()[: args.scenes]
     knockout = vlmflow.Knockout.parse("image->query+generated")
     for scene in scenes:

@@ -72,7 +72,11 @@ class CompressedContext:
                 pos = position + steps[None, :]  # (axes, q)
                 position_ids = pos if pos.shape[0] == 1 else pos[:, None, :]  # (1, q) | (3, 1, q)
                 logits = model(
-                    input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True
+                    input_ids=ids,
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
                 ).logits
                 token = int(logits[0, -1].argmax())
                 out.append(token)
