@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("vlmflow.commands.describe", "describe an image, optionally under knockout"),
     "demo": ("vlmflow.commands.demo", "run the main job on the default model"),
     "reprompt": ("vlmflow.commands.reprompt", "answer questions from a compressed image context"),
+    "run": ("vlmflow.experiments.command", "run experiments resumably into a results store"),
     "judge": ("vlmflow.judge.command", "compare two descriptions object by object"),
     "scenes": ("vlmflow.scenes.command", "render, list and evaluate the scene world"),
 }

@@ -1,0 +1,36 @@
+"""Experiments of the paper as resumable, shardable runs, and the runner that executes them.
+
+    from vlmflow.experiments import ImageSource, Runner, create
+    from vlmflow.store import ResultStore
+
+    with ResultStore.open("out") as store:
+        Runner([create("check")], ImageSource.parse("scenes"), store).run()
+
+An experiment (see `Experiment`) lists work items and settings and computes one `Result` per
+(item, setting); the runner resumes, records failures, shards by rank and shows progress.
+"""
+
+from vlmflow.experiments.items import ImageRef, ImageSource, Shard
+from vlmflow.experiments.protocol import Context, Experiment, Result, WorkItem, parse_config
+from vlmflow.experiments.registry import EXPERIMENTS, create, names, register
+from vlmflow.experiments.runner import NO_MODEL, Plan, Runner, RunSummary, Unit
+
+__all__ = [
+    "EXPERIMENTS",
+    "NO_MODEL",
+    "Context",
+    "Experiment",
+    "ImageRef",
+    "ImageSource",
+    "Plan",
+    "Result",
+    "RunSummary",
+    "Runner",
+    "Shard",
+    "Unit",
+    "WorkItem",
+    "create",
+    "names",
+    "parse_config",
+    "register",
+]

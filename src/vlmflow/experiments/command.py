@@ -1,0 +1,158 @@
+"""`vlmflow run EXPERIMENT...`: run experiments into OUT/results.sqlite3, resumably.
+
+Running the same command again resumes: finished (item, setting) pairs are skipped. A sharded
+run (`--rank R --world-size W`, one process per rank) writes OUT/results.rank{R}.sqlite3;
+`--merge` folds the ranks into OUT/results.sqlite3 once all have finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment names")
+    parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
+    parser.add_argument(
+        "--images", default="scenes", help="scenes, scenes:N, a folder, a .txt list or an image"
+    )
+    parser.add_argument("--config", help="JSON or TOML file: one table of options per experiment")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--rank", type=int, default=0, help="this process's shard (0-based)")
+    parser.add_argument("--world-size", type=int, default=1, help="number of shards")
+    parser.add_argument("--retry-failed", action="store_true", help="run failed items again")
+    parser.add_argument("--export", metavar="FILE", help="write a .csv or .parquet table after")
+    parser.add_argument("--merge", action="store_true", help="merge per-rank stores and exit")
+    parser.add_argument("--partial", action="store_true", help="with --merge: allow unfinished")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list", action="store_true", help="list experiments and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmflow.errors import VlmflowError
+    from vlmflow.experiments import registry
+    from vlmflow.experiments.items import ImageSource, Shard
+    from vlmflow.experiments.runner import Runner
+    from vlmflow.store import ResultStore, merge, rank_files
+
+    if args.list:
+        for name in registry.names():
+            print(f"{name:16s} {registry.EXPERIMENTS[name][1]}")
+        return 0
+    out = Path(args.out)
+    if args.export and Path(args.export).suffix not in (".csv", ".parquet"):
+        raise VlmflowError(f"--export {args.export}: name a .csv or .parquet file")
+    if args.merge:
+        report = merge(out, partial=args.partial)
+        print(
+            f"merged ranks {list(report.ranks)} into {report.path}: "
+            f"{report.results_added} results, {report.failures_added} failures added"
+        )
+        _export(args, out)
+        return 0
+    if not args.experiments:
+        raise VlmflowError("name at least one experiment: vlmflow run --list shows them")
+    shard = Shard(args.rank, args.world_size)
+    options = _read_config(args.config, args.experiments)
+    experiments = [registry.create(name, options.get(name)) for name in args.experiments]
+    source = ImageSource.parse(args.images)
+
+    def load_model() -> Any:
+        import vlmflow
+
+        return vlmflow.load(args.model, device=args.device, dtype=args.dtype)
+
+    if shard.world_size == 1 and rank_files(out):
+        # Resuming a sharded run in one process: fold the ranks in first, so nothing is redone
+        # and results.sqlite3 ends up complete.
+        report = merge(out, partial=True)
+        print(f"merged per-rank stores {list(report.ranks)} into {report.path} first")
+    with ResultStore.open(out, shard.rank, shard.world_size) as store:
+        runner = Runner(
+            experiments,
+            source,
+            store,
+            model=_model_key(args.model),
+            handle_factory=load_model,
+            shard=shard,
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+        )
+        summary = runner.run()
+        path = store.path
+    again = "vlmflow " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "the same command"
+    counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} already done"
+    if summary.interrupted:
+        assert summary.signal is not None
+        print(
+            f"vlmflow run: stopped by {signal.Signals(summary.signal).name} ({counts}, "
+            f"{summary.remaining} left); to resume, run again: {again}",
+            file=sys.stderr,
+        )
+        return 128 + summary.signal
+    print(f"{counts} in {summary.seconds:.1f} s -> {path}")
+    if summary.failed:
+        print(f"failures are in the 'failures' table of {path} (and in --export files)")
+    if shard.world_size > 1:
+        print(f"rank {shard.rank} finished; once every rank has: vlmflow run --merge --out {out}")
+    else:
+        _export(args, out)
+    return 0
+
+
+def _export(args: argparse.Namespace, out: Path) -> None:
+    from vlmflow.store import MAIN_FILE, ResultStore
+
+    if not args.export:
+        return
+    target = Path(args.export)
+    with ResultStore(out / MAIN_FILE, create=False) as store:
+        n = store.to_csv(target) if target.suffix == ".csv" else store.to_parquet(target)
+    print(f"wrote {n} rows to {target}")
+
+
+def _model_key(model: str) -> str:
+    """A local checkpoint by absolute path (the same on every rank); a hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _read_config(path: str | None, chosen: list[str]) -> dict[str, dict[str, Any]]:
+    """{experiment: options} from a JSON or TOML file; unknown sections are typos, so refused."""
+    from vlmflow.errors import VlmflowError
+    from vlmflow.experiments.registry import names
+
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.exists():
+        raise VlmflowError(f"config file not found: {file}: give a .json or .toml file")
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        else:
+            data = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and TOMLDecodeError
+        raise VlmflowError(f"cannot parse {file}: {err}") from None
+    if not isinstance(data, dict):
+        raise VlmflowError(f"{file} must hold one table of options per experiment name")
+    for name, section in data.items():
+        if name not in names():
+            raise VlmflowError(
+                f"{file}: section {name!r} is not an experiment: use one of {', '.join(names())}"
+            )
+        if not isinstance(section, dict):
+            raise VlmflowError(f"{file}: section {name!r} must be a table of options")
+    return {name: data[name] for name in chosen if name in data}

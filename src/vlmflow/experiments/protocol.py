@@ -1,0 +1,93 @@
+"""What an experiment is: work items, settings per item, and one result per (item, setting).
+
+The runner owns looping, resuming, failures, sharding and progress; an experiment only says
+what the work is and how to do one unit of it. That split is what lets every analysis of the
+paper resume after a kill and shard over GPUs without code of its own for either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from vlmflow.errors import VlmflowError
+from vlmflow.experiments.items import ImageSource
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of input, e.g. one image. `item_id` is its key in the store: keep it stable."""
+
+    item_id: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one (item, setting) produced.
+
+    `metrics`: flat numbers/text (they become table columns on export); `payload`: any JSON
+    (descriptions, token ids, per-layer lists); `blobs`: small numpy arrays stored as .npy
+    bytes (attention maps: cast to float16 first).
+    """
+
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    blobs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a unit of work runs: its run, its place in the item and setting order, its rank."""
+
+    run_id: str
+    out_dir: Path
+    model: str
+    item_index: int
+    setting_index: int
+    rank: int = 0
+    world_size: int = 1
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    """An analysis the runner can execute.
+
+    `config` is the experiment's resolved configuration (defaults filled in, JSON-able): it is
+    part of the run id, so changing it starts a new run instead of mixing results.
+    `needs_model` False lets the runner skip loading a model (checks of the data itself).
+    `items` must be deterministic and cheap (list files, do not decode them): the runner lists
+    every item to plan, skip and shard before doing any work.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    needs_model: bool
+
+    def items(self, source: ImageSource) -> Iterable[WorkItem]: ...
+
+    def settings(self, item: WorkItem) -> Sequence[str]: ...
+
+    def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result: ...
+
+
+C = TypeVar("C")
+
+
+def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experiment: str) -> C:
+    """A config dataclass from a mapping, with a one-line error for unknown or bad options."""
+    options = dict(options or {})
+    known = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise VlmflowError(
+            f"unknown option(s) {', '.join(unknown)} for experiment {experiment}: "
+            f"known options are {', '.join(sorted(known)) or 'none'}"
+        )
+    try:
+        return config_type(**options)
+    except (TypeError, ValueError) as err:
+        raise VlmflowError(f"bad options for experiment {experiment}: {err}") from None

@@ -1,0 +1,49 @@
+"""Experiment names -> import paths, resolved only when an experiment is used.
+
+Lazy like the CLI, so listing experiments or parsing `vlmflow run --help` imports no torch.
+A target is "module:attribute", a callable taking the experiment's options mapping and
+returning an `Experiment` (usually the class itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from vlmflow.errors import VlmflowError
+from vlmflow.experiments.protocol import Experiment
+
+# name -> (target, one-line help)
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "check": (
+        "vlmflow.experiments.check:ImageCheck",
+        "decode every image and record size and checksum (no model): tests data and set-up",
+    ),
+}
+
+
+def register(name: str, target: str, help_text: str = "") -> None:
+    """Add (or replace) an experiment; `target` is "module:attribute"."""
+    if ":" not in target:
+        raise ValueError(f"experiment target {target!r} must look like 'package.module:Name'")
+    EXPERIMENTS[name] = (target, help_text)
+
+
+def names() -> list[str]:
+    return sorted(EXPERIMENTS)
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Experiment:
+    """Import and build experiment `name` with `options` (from the config file)."""
+    if name not in EXPERIMENTS:
+        raise VlmflowError(
+            f"unknown experiment {name!r}: choose from {', '.join(names())} "
+            "(vlmflow run --list shows them)"
+        )
+    module_path, _, attribute = EXPERIMENTS[name][0].partition(":")
+    factory = getattr(importlib.import_module(module_path), attribute)
+    experiment = factory(dict(options or {}))
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f"{EXPERIMENTS[name][0]} did not build an Experiment")
+    return experiment
