@@ -20,6 +20,30 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "vlmflow.experiments.check:ImageCheck",
         "decode every image and record size and checksum (no model): tests data and set-up",
     ),
+    "fractions": (
+        "vlmflow.experiments.fractions:Fractions",
+        "per layer, share of generated tokens' attention to each role (paper Fig. 1 / A5)",
+    ),
+    "histogram": (
+        "vlmflow.experiments.histogram:Histogram",
+        "per layer, distribution of attention values over image tokens (paper Fig. 8)",
+    ),
+    "maps": (
+        "vlmflow.experiments.maps:Maps",
+        "per layer, generated tokens' attention drawn over the picture (paper Fig. 4)",
+    ),
+    "knockout": (
+        "vlmflow.experiments.knockout:KnockoutSweep",
+        "baseline vs image knockouts over all / from:L / except:A-B, judged (Fig. 2, A4)",
+    ),
+    "topk": (
+        "vlmflow.experiments.topk:TopK",
+        "generated tokens see only the top-k% image tokens per layer; F1 vs k (Fig. 9 / A7)",
+    ),
+    "localization": (
+        "vlmflow.experiments.localization:Localization",
+        "do fine details' attention peaks fall on their objects? accuracy per layer (Fig. 6-7)",
+    ),
 }
 
 
