@@ -174,3 +174,35 @@ def test_flash_and_eager_handles_refuse_knockout(tiny_path, photo):
         vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("image-query")),
     ):
         pass
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "internvl", "idefics3"])
+@pytest.mark.parametrize("setting", ["image-query", "image-query+generated"])
+def test_every_target_row_ignores_blocked_keys(family, setting, tiny_path, photo):
+    """Exactly zero attention: changing the values of blocked keys leaves target rows unchanged."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    n = prompt.layout.length
+    codes = prompt.layout.codes[0]
+    image = codes == vlmflow.Role.IMAGE
+    query = codes == vlmflow.Role.QUERY
+    module = next(
+        m
+        for m in handle.model.modules()
+        if getattr(m, "layer_idx", None) == 2 and hasattr(m, "num_key_value_groups")
+    )
+    torch.manual_seed(0)
+    h, h_kv, d = 4, 2, 16
+    q, k, v = torch.randn(1, h, n, d), torch.randn(1, h_kv, n, d), torch.randn(1, h_kv, n, d)
+    v2 = v.clone()
+    v2[:, :, image] += 10.0
+    ko = vlmflow.Knockout.parse(setting, "only:2-2")
+    with vlmflow.session(handle, prompt, knockout=ko):
+        out, _ = backend.attention(module, q, k, v, None, scaling=0.25)  # (1, n, h, d)
+        out2, _ = backend.attention(module, q, k, v2, None, scaling=0.25)
+    assert torch.equal(out[0, query], out2[0, query])
+    after = torch.arange(n) > int(image.nonzero().max())
+    assert not torch.equal(out[0, after & ~query], out2[0, after & ~query]) or not bool(
+        (after & ~query).any()
+    )
+    assert not torch.equal(out[0, image], out2[0, image])  # image rows still read the image
