@@ -4,6 +4,7 @@
     vlmflow scenes show N [--out F.png]    description and questions of evaluation scene N
     vlmflow scenes render SEED --out F.png a generated scene (with --masks M.png: mask overlay)
     vlmflow scenes build-fixed [--out DIR] rewrite the shipped evaluation set
+    vlmflow scenes evaluate [--model M]    a model's object P/R/F1 and yes/no ACC on the set
 
 Each subcommand is one entry of SUBCOMMANDS, so model-based ones (evaluate) slot in beside them.
 """
@@ -38,6 +39,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("build-fixed", help="rewrite the shipped evaluation set from its seeds")
     p.add_argument("--out", type=Path, default=None, help="folder (default: package data)")
 
+    p = sub.add_parser(
+        "evaluate", help="score a model's descriptions and yes/no answers on the evaluation set"
+    )
+    p.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
+    p.add_argument(
+        "--scenes", type=int, default=None, metavar="N", help="only the first N fixed scenes"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=96, metavar="N", help="per description (96)"
+    )
+    p.add_argument("--answer-tokens", type=int, default=4, metavar="N", help="per yes/no reply (4)")
+    p.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="prompts per forward pass (8)"
+    )
+    p.add_argument(
+        "--hint",
+        action="store_true",
+        help='append "Answer yes or no." to each question (for general chat models)',
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE.jsonl", help="write the per-scene records here"
+    )
+    p.add_argument("--json", action="store_true", help="print the aggregates as one JSON object")
+
 
 def _add_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="save the image here (PNG)")
@@ -48,7 +81,9 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     name = getattr(args, "scenes_command", None)
     if name is None:
-        raise VlmflowError("name a subcommand: vlmflow scenes {list,show,render,build-fixed}")
+        raise VlmflowError(
+            "name a subcommand: vlmflow scenes {list,show,render,build-fixed,evaluate}"
+        )
     return SUBCOMMANDS[name](args)
 
 
@@ -113,9 +148,85 @@ def _build_fixed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import sys
+
+    import vlmflow
+    from vlmflow.scenes import evaluate as ev
+    from vlmflow.scenes.fixed import fixed_metadata, load_fixed_scene
+
+    total = len(fixed_metadata())
+    count = total if args.scenes is None else args.scenes
+    if not 1 <= count <= total:
+        raise VlmflowError(f"--scenes {args.scenes} is out of range: use 1-{total}")
+    for flag in ("max_new_tokens", "answer_tokens", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise VlmflowError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VlmflowError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    handle = vlmflow.load(args.model, device=args.device)
+    if "untrained" in str(handle.model.name_or_path):
+        print(
+            "note: this vlmflow-tiny has no trained projector yet: expect scores near zero",
+            file=sys.stderr,
+        )
+    scenes = [load_fixed_scene(i) for i in range(count)]  # only the images used
+    result = ev.evaluate(
+        handle,
+        scenes,
+        max_new_tokens=args.max_new_tokens,
+        answer_tokens=args.answer_tokens,
+        batch_size=args.batch_size,
+        question_template=ev.QUESTION_HINTED if args.hint else ev.QUESTION_PLAIN,
+        progress=True,
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w") as f:
+            for record in result.records:
+                f.write(json.dumps(record.to_json()) + "\n")
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_evaluation(result))
+    return 0
+
+
+def format_evaluation(result: object) -> str:
+    """The aggregates as a small table: objects first, then yes/no per category."""
+    from vlmflow.scenes.evaluate import SceneEvaluation
+
+    assert isinstance(result, SceneEvaluation)
+    s, o = result.settings, result.objects
+    lines = [
+        f"{s.get('model', '?')} on {len(result.records)} fixed scenes"
+        f" ({s.get('seconds', 0):.1f} s, {s.get('seconds_per_scene', 0):.2f} s per scene)",
+        "",
+        "objects (type level, micro)  precision  recall     F1    TP    FP    FN",
+        f"{'':<29}{o.precision:>9.3f}{o.recall:>8.3f}{o.f1:>7.3f}{o.tp:>6}{o.fp:>6}{o.fn:>6}",
+        "",
+        "yes/no      ACC   ACC+   score  unparsed  said yes",
+    ]
+    rows = [*result.categories.items(), ("all", result.yes_no)]
+    for name, y in rows:
+        score = result.mme_score if name == "all" else y.score
+        lines.append(
+            f"{name:<10}{y.accuracy:>6.3f}{y.acc_plus:>7.3f}{score:>8.1f}"
+            f"{y.unparsed:>10}{y.yes_rate:>10.2f}"
+        )
+    lines.append("(score = 100 * (ACC + ACC+) per category; for all: their sum)")
+    return "\n".join(lines)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": _list,
     "show": _show,
     "render": _render,
     "build-fixed": _build_fixed,
+    "evaluate": _evaluate,
 }
