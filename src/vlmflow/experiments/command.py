@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard(args.rank, args.world_size)
     options = _read_config(args.config, args.experiments)
     experiments = [registry.create(name, options.get(name)) for name in args.experiments]
+    for experiment in experiments:
+        # settings that depend on the model's depth (the knockout layer sweep) are planned
+        # before any weights load: the depth comes from the checkpoint's config alone
+        bind = getattr(experiment, "bind_model", None)
+        if bind is not None:
+            bind(args.model)
     source = ImageSource.parse(args.images)
 
     def load_model() -> Any:

@@ -1,0 +1,185 @@
+"""`maps`: per layer, the generated tokens' attention drawn over the picture (paper Fig. 4).
+
+Per measured layer, the attention row over the image positions is averaged over heads and
+generated queries (capture steps >= 1, see `fractions`), then laid out on a fixed size x size
+canvas over the original image with the prompt layout's token grids (`Tile`s):
+
+- Canvas pixel (y, x) covers the part [x/S, (x+1)/S] x [y/S, (y+1)/S] of the original image's
+  width and height (so pixels are square only for square images: stretch the map to the image
+  to draw it). The canvas size is fixed, so maps of every family and image size line up.
+- A token of a rows x cols tile covers one cell of the tile's box. Its attention is spread over
+  the canvas pixels in proportion to the overlap (area-weighted, mass-preserving): a map sums
+  to the attention its tokens received, and parts of the image no token sees (LLaVA-1.5's
+  center crop leaves the sides out) stay 0.
+- Tiled families see the picture twice: a whole-image view (`image`, LLaVA-NeXT's `base`,
+  InternVL / Idefics3 `thumbnail`) and detail views (`tile`s, LLaVA-NeXT's high-resolution
+  `grid`). With `split_views` (default) they are drawn on separate canvases, `global` and
+  `detail`; their sum is the combined map. Single-view families have one canvas, `global`.
+- Separator tokens inside the image span (newlines, `<img>` markers, row/column tags) have no
+  place on the picture: their attention is reported per layer as `separator_share`, so
+  map sum + separator_share = the layer's image share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from vlmflow.experiments.fractions import (
+    SETTING,
+    DescribeConfig,
+    describe,
+    image_items,
+    measured_layers,
+    rounded,
+)
+from vlmflow.experiments.items import ImageSource
+from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.models.layout import ImageSpan, Tile
+
+GLOBAL, DETAIL, ALL_VIEWS = "global", "detail", "all"
+DETAIL_KINDS = frozenset({"tile", "grid"})  # the other kinds show the whole picture
+
+
+@dataclass(frozen=True)
+class MapsConfig(DescribeConfig):
+    """`size`: side of the square canvas (blob bytes = layers x views x size^2 x 2, e.g. 32 x 2 x
+    24^2 x 2 = 74 KB); `split_views`: draw whole-image and detail views of tiled families on
+    separate canvases (else one combined canvas, `all`).
+    """
+
+    size: int = 24
+    split_views: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.size, int) or not 1 <= self.size <= 512:
+            raise ValueError(f"size must be an integer in 1..512, got {self.size!r}")
+
+
+def view_of(tile: Tile) -> str:
+    return DETAIL if tile.kind in DETAIL_KINDS else GLOBAL
+
+
+def views_of(span: ImageSpan, split: bool) -> tuple[str, ...]:
+    """Canvas names, in blob order."""
+    if not split:
+        return (ALL_VIEWS,)
+    present = {view_of(tile) for tile in span.tiles}
+    return tuple(v for v in (GLOBAL, DETAIL) if v in present)
+
+
+def coverage(lo: float, hi: float, cells: int, size: int) -> np.ndarray:
+    """(size, cells): the share of each of `cells` equal cells of [lo, hi] that falls in each
+    of `size` equal canvas pixels of [0, 1]; columns sum to 1 for cells inside [0, 1]."""
+    if hi <= lo:
+        raise ValueError(f"empty tile extent [{lo}, {hi}]")
+    edges = lo + (hi - lo) * np.arange(cells + 1) / cells  # (cells + 1,)
+    canvas = np.arange(size + 1) / size  # (size + 1,)
+    start = np.maximum(canvas[:-1, None], edges[None, :-1])
+    end = np.minimum(canvas[1:, None], edges[None, 1:])
+    return np.clip(end - start, 0.0, None) / ((hi - lo) / cells)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    maps: np.ndarray  # (L, V, S, S) float64 attention mass per canvas pixel
+    views: tuple[str, ...]  # (V,) canvas names
+    separators: np.ndarray  # (L,) attention to image positions in no tile
+
+
+def render(
+    rows: np.ndarray, positions: Sequence[int], span: ImageSpan, size: int, split: bool = True
+) -> Rendered:
+    """Lay attention rows over image positions out on canvases over the original image.
+
+    `rows`: (L, n) attention per layer to the prompt positions `positions` (n,), which must
+    include every tile position of `span` (other positions count as separators).
+    """
+    index = {int(p): i for i, p in enumerate(positions)}
+    views = views_of(span, split)
+    maps = np.zeros((rows.shape[0], len(views), size, size))
+    placed = np.zeros(rows.shape[0])
+    for tile in span.tiles:
+        columns = [index[p] for p in tile.positions]
+        grid = rows[:, columns].reshape(-1, tile.rows, tile.cols)  # (L, rows, cols) row-major
+        x0, y0, x1, y1 = tile.box
+        wy = coverage(y0, y1, tile.rows, size)  # (S, rows)
+        wx = coverage(x0, x1, tile.cols, size)  # (S, cols)
+        v = views.index(view_of(tile) if split else ALL_VIEWS)
+        maps[:, v] += np.einsum("yr,lrc,xc->lyx", wy, grid, wx)
+        placed += grid.sum(axis=(1, 2))
+    separators = np.clip(rows.sum(axis=1) - placed, 0.0, None)  # clip rounding noise
+    return Rendered(maps, views, separators)
+
+
+class Maps:
+    """Per layer, attention maps of the generated tokens over the picture.
+
+    Result, for one image:
+      blobs    `maps`: (layers, views, size, size) float16, attention mass per canvas pixel
+               (module docstring); `maps[l].sum(0)` is layer `layers[l]`'s combined map.
+      payload  `layers`; `views`: canvas names (["global"], ["global", "detail"] or ["all"]);
+               `size`; `image_share`: per layer, attention to the whole image span;
+               `separator_share`: per layer, the part of it on separator tokens; `peaks`: per
+               layer, [y, x] canvas pixel of the combined map's maximum; `tiles`: the layout
+               used ([{kind, view, rows, cols, box}], box = (x0, y0, x1, y1) fractions of the
+               image); `image_size`: original (width, height); `queries`; `text`.
+      metrics  `generated_tokens`, `image_tokens`, `separator_tokens`.
+    """
+
+    name = "maps"
+    needs_model = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options = parse_config(MapsConfig, options, self.name)
+        self.config = asdict(self.options)
+
+    def items(self, source: ImageSource) -> Iterable[WorkItem]:
+        return image_items(source)
+
+    def settings(self, item: WorkItem) -> Sequence[str]:
+        return [SETTING]
+
+    def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
+        from vlmflow.attention.capture import Capture
+
+        options = self.options
+        layers = measured_layers(options, handle)
+        capture = Capture.of(fractions=False, image_layers=options.layers, dtype="float32")
+        described = describe(handle, item, options, capture)
+        rows = np.stack(
+            [described.generated_rows(layer).mean(dim=0).numpy() for layer in layers]
+        )  # (L, n_image)
+        positions = described.capture.image_positions[0].tolist()  # (n_image,)
+        span = described.span
+        out = render(rows, positions, span, options.size, options.split_views)
+        combined = out.maps.sum(axis=1)  # (L, S, S)
+        flat_peaks = combined.reshape(len(layers), -1).argmax(axis=1)
+        tiles = [
+            {"kind": t.kind, "view": view_of(t), "rows": t.rows, "cols": t.cols, "box": t.box}
+            for t in span.tiles
+        ]
+        return Result(
+            metrics={
+                "generated_tokens": described.generated_tokens,
+                "image_tokens": described.image_tokens,
+                "separator_tokens": len(span.separators),
+            },
+            payload={
+                "layers": layers,
+                "views": list(out.views),
+                "size": options.size,
+                "image_share": rounded(rows.sum(axis=1)),
+                "separator_share": rounded(out.separators),
+                "peaks": [list(divmod(int(p), options.size)) for p in flat_peaks],
+                "tiles": tiles,
+                "image_size": list(span.size) if span.size else None,
+                "queries": described.queries,
+                "text": described.text,
+            },
+            blobs={"maps": out.maps.astype(np.float16)},
+        )
