@@ -206,3 +206,24 @@ def test_every_target_row_ignores_blocked_keys(family, setting, tiny_path, photo
         (after & ~query).any()
     )
     assert not torch.equal(out[0, image], out2[0, image])  # image rows still read the image
+
+
+def test_knockouts_combine_and_capture_picks_steps(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("llava")))
+    prompt = handle.prepare(photo)
+    both = [
+        vlmflow.Knockout.parse("image->query", "only:1-1"),
+        vlmflow.Knockout.parse("image->generated", "only:3-3"),
+    ]
+    capture = vlmflow.Capture.of(image_layers="all", steps=[0, 2, 5])
+    with vlmflow.session(handle, prompt, knockout=both, capture=capture) as s:
+        s.generate(max_new_tokens=NEW, min_new_tokens=NEW)
+    image = s.capture.role_fraction("image")[:, :, 0]  # (steps, layers)
+    recorded = [t for t in range(s.capture.num_steps) if not torch.isnan(image[t]).all()]
+    assert recorded == [0, 2, 5]
+    assert float(image[0, 1]) == 0.0  # the query row at step 0, blocked at layer 1
+    assert float(image[0, 3]) > 0.0  # image->generated does not touch the query row
+    assert bool((image[[2, 5], 3] == 0).all())  # generated rows blocked at layer 3
+    assert bool((image[[2, 5], 1] > 0).all())  # and not at layer 1
+    rows = s.capture.image_rows[3]
+    assert bool((rows[[1, 3, 4]] == 0).all())  # steps not chosen keep no image row

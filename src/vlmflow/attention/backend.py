@@ -53,7 +53,7 @@ def attention(
     cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles)  # (b, q, kv)
     step = kv_len - session.prompt_length
     recorder = session.recorder
-    record = recorder is not None and recorder.wants(layer) and step >= 0
+    record = recorder is not None and step >= 0 and recorder.wants(layer, step)
     if cut is None:
         # capture only: the output is SDPA's own; the captured row is the last query, which
         # sees every key that the given mask lets it see (all of them when the mask is None)

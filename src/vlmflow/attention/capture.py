@@ -10,6 +10,7 @@ query is generated token t-1 (a `generated` position).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,12 +25,14 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 class Capture:
     """What to record. `fractions`: attention mass per role (heads averaged) at `layers`.
     `image_layers`: layers whose attention row over the image positions is kept (heads averaged).
+    `steps`: the steps to record (None: all), e.g. only the steps of an object's tokens.
     """
 
     fractions: bool = True
     layers: Layers = ALL
     image_layers: Layers | None = None
     dtype: str = "float16"
+    steps: frozenset[int] | None = None
 
     @classmethod
     def of(
@@ -38,9 +41,11 @@ class Capture:
         layers: str = "all",
         image_layers: str | None = None,
         dtype: str = "float16",
+        steps: Iterable[int] | None = None,
     ) -> Capture:
         image = Layers.parse(image_layers) if image_layers is not None else None
-        return cls(fractions, Layers.parse(layers), image, dtype)
+        chosen = frozenset(int(s) for s in steps) if steps is not None else None
+        return cls(fractions, Layers.parse(layers), image, dtype, chosen)
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,9 @@ class Recorder:
         il = capture.image_layers.resolve(num_layers) if capture.image_layers else frozenset()
         return cls(capture, num_layers, fl, il, image_index)
 
-    def wants(self, layer: int) -> bool:
+    def wants(self, layer: int, step: int) -> bool:
+        if self.capture.steps is not None and step not in self.capture.steps:
+            return False
         return layer in self.fraction_layers or layer in self.image_layers
 
     def record(self, layer: int, step: int, weights: torch.Tensor, key_roles: torch.Tensor) -> None:
