@@ -91,3 +91,21 @@ def test_bad_context_files_are_refused(tiny_path, photo, tmp_path):
         load_context(tmp_path / "missing.safetensors", llava)
     with pytest.raises(vlmflow.VlmflowError, match="fraction"):
         compress(llava, photo, k=5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_pruning_a_full_context_equals_compressing_directly(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    full = compress(handle, photo, k=1.0, max_new_tokens=8)
+    direct = compress(handle, photo, k=0.25, max_new_tokens=8)
+    cut = full.pruned(0.25)
+    assert cut.kept == direct.kept
+    assert all(torch.equal(a, b) for a, b in zip(cut.keys, direct.keys, strict=True))
+    question = QUESTIONS[0]
+    assert cut.ask(question, 6).ids == direct.ask(question, 6).ids
+    # without the query tokens only the prefix and the image tokens stay
+    bare = full.pruned(0.25, keep_query=False)
+    codes = handle.prepare(photo).layout.codes[0]
+    for positions in bare.kept:
+        assert all(codes[p] in (Role.PREFIX, Role.IMAGE) for p in positions)
+    assert bare.context_tokens < cut.context_tokens

@@ -10,7 +10,7 @@ M-RoPE at the original next position of all three axes), and the image is never 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,10 +42,42 @@ class CompressedContext:
     k: float
     context_text: str
     description: str
+    # per layer: (n_image,) attention each image position got from the generated tokens;
+    # kept so that smaller contexts can be cut from a larger one without describing again
+    scores: list[torch.Tensor] | None = None
+    image_positions: list[int] | None = None
 
     @property
     def context_tokens(self) -> int:
         return len(self.kept[0]) if self.kept else 0
+
+    def pruned(self, k: float, keep_query: bool = True) -> CompressedContext:
+        """A smaller context cut from this one: top `k` image tokens per layer, with the prefix
+        (attention sinks) and, unless `keep_query` is False, the query tokens."""
+        if self.scores is None or self.image_positions is None:
+            raise VlmflowError("this context has no ranking (a loaded file): compress again")
+        if not 0.0 <= k <= self.k:
+            raise VlmflowError(f"k={k} must be between 0 and this context's k={self.k}")
+        image = set(self.image_positions)
+        n_keep = round(k * len(self.image_positions))
+        keys, values, kept = [], [], []
+        for layer, score in enumerate(self.scores):
+            top = torch.topk(score, n_keep).indices.tolist() if n_keep else []
+            chosen = {self.image_positions[i] for i in top}
+            positions = [
+                p
+                for p in self.kept[layer]
+                if p in chosen or (p not in image and (keep_query or p < self.first_image))
+            ]
+            index = torch.tensor([self.kept[layer].index(p) for p in positions])
+            keys.append(self.keys[layer][:, :, index.to(self.keys[layer].device)])
+            values.append(self.values[layer][:, :, index.to(self.values[layer].device)])
+            kept.append(positions)
+        return replace(self, keys=keys, values=values, kept=kept, k=k)
+
+    @property
+    def first_image(self) -> int:
+        return min(self.image_positions) if self.image_positions else self.full_tokens
 
     def kv_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
@@ -175,7 +207,7 @@ def compress(
     image_pos = result.image_positions[0]  # (n_image,)
     n_keep = round(k * int(image_pos.numel()))
     always = [p for p in range(context_len) if codes[p] != Role.IMAGE]
-    keys, values, kept = [], [], []
+    keys, values, kept, scores = [], [], [], []
     for layer, (lk, lv, *_) in enumerate(out.past_key_values):
         # attention from generated tokens (steps >= 1: their queries are generated positions)
         score = result.image_rows[layer][1:, 0].sum(0)  # (n_image,)
@@ -185,6 +217,7 @@ def compress(
         keys.append(lk[:, :, index].clone())  # (1, h_kv, c, d)
         values.append(lv[:, :, index].clone())
         kept.append(positions)
+        scores.append(score)
     return CompressedContext(
         handle=handle,
         keys=keys,
@@ -195,6 +228,8 @@ def compress(
         k=k,
         context_text=context_text,
         description=handle.decode(generated)[0],
+        scores=scores,
+        image_positions=image_pos.tolist(),
     )
 
 
