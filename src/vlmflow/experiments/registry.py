@@ -40,6 +40,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "vlmflow.experiments.topk:TopK",
         "generated tokens see only the top-k% image tokens per layer; F1 vs k (Fig. 9 / A7)",
     ),
+    "reprompt": (
+        "vlmflow.experiments.reprompt:Reprompt",
+        "Table 1: yes/no answers from the full image, the description, compressed contexts",
+    ),
     "localization": (
         "vlmflow.experiments.localization:Localization",
         "do fine details' attention peaks fall on their objects? accuracy per layer (Fig. 6-7)",

@@ -1,0 +1,177 @@
+"""`reprompt`: the paper's Table 1 on the scene world's yes/no questions.
+
+Rows (settings), each answering every question of a scene:
+- `naive`: the full image prompt per question (image + question).
+- `describe-to-llm`: the model's own description plus the question, text only, to its language
+  model (the paper's "Describe-to-LLM"; an external LLM can be compared the same way).
+- `k=<k>`: the compressed context (prefix + query + top-k image tokens per layer).
+- `query-only`: the compressed context with no image token (k = 0).
+- `k-only=<k>`: the top-k image tokens and the prefix, without the query tokens.
+Per question the answer's first word is parsed as yes / no (`vlmflow.scenes.evaluate`); ACC and
+ACC+ per category come from summing the stored per-question records over scenes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vlmflow.errors import VlmflowError
+from vlmflow.experiments.items import ImageRef, ImageSource
+from vlmflow.experiments.knockout import ItemMemo
+from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+
+
+@dataclass(frozen=True)
+class RepromptConfig:
+    """`ks`: compressed-context sizes; `k_only`: the size of the query-free row (None: skip)."""
+
+    ks: tuple[float, ...] = (0.05, 0.02)
+    k_only: float | None = 0.05
+    query_only: bool = True
+    naive: bool = True
+    describe_to_llm: bool = True
+    prompt: str = "Describe the image."
+    max_new_tokens: int = 64  # of the description
+    answer_tokens: int = 4
+
+
+class Reprompt:
+    name = "reprompt"
+    needs_model = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        opts = dict(options or {})
+        if isinstance(opts.get("ks"), list):
+            opts["ks"] = tuple(opts["ks"])
+        self.options = parse_config(RepromptConfig, opts, self.name)
+        if any(not 0 < k <= 1 for k in self.options.ks):
+            raise VlmflowError("reprompt: every k must be in (0, 1], e.g. ks = [0.05, 0.02]")
+        self.config = asdict(self.options)
+        self._memo = ItemMemo()
+
+    def items(self, source: ImageSource) -> Iterable[WorkItem]:
+        refs = source.images()
+        if any(ref.scene_index is None for ref in refs):
+            raise VlmflowError(
+                "reprompt needs questions with answers: use --images scenes (or scenes:N)"
+            )
+        return [WorkItem(ref.id, {"image": ref}) for ref in refs]
+
+    def settings(self, item: WorkItem) -> Sequence[str]:
+        o = self.options
+        rows = ["naive"] if o.naive else []
+        rows += ["describe-to-llm"] if o.describe_to_llm else []
+        rows += [f"k={k!r}" for k in o.ks]
+        rows += ["query-only"] if o.query_only else []
+        rows += [f"k-only={o.k_only!r}"] if o.k_only is not None else []
+        return rows
+
+    def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
+        from vlmflow.compress import compress
+        from vlmflow.scenes import load_fixed_scene
+
+        ref: ImageRef = item.payload["image"]
+        assert ref.scene_index is not None
+        scene = load_fixed_scene(ref.scene_index)
+        full = self._memo.get(
+            handle,
+            item,
+            "full",
+            lambda: compress(
+                handle,
+                scene.image,
+                k=1.0,
+                prompt=self.options.prompt,
+                max_new_tokens=self.options.max_new_tokens,
+            ),
+        )
+        records = []
+        for question in scene.questions:
+            reply, tokens = self._answer(handle, scene.image, full, setting, question.text)
+            records.append(_record(question, reply, tokens))
+        correct = [r["correct"] for r in records]
+        return Result(
+            metrics={
+                "acc": sum(correct) / len(correct),
+                "tokens": sum(r["tokens"] for r in records) / len(records),
+                "questions": len(records),
+            },
+            payload={"questions": records, "description": full.description},
+        )
+
+    def _answer(
+        self, handle: Any, image: Any, full: Any, setting: str, question: str
+    ) -> tuple[str, int]:
+        """The reply text and the number of positions the question was answered from."""
+        n = self.options.answer_tokens
+        if setting == "naive":
+            prompt = handle.prepare(image, question)
+            ids = handle.generate(prompt, max_new_tokens=n)
+            return handle.decode(ids)[0], prompt.layout.length
+        if setting == "describe-to-llm":
+            text = f"Image description: {full.description}\n{question}"
+            prompt = handle.prepare([], text)
+            ids = handle.generate(prompt, max_new_tokens=n)
+            return handle.decode(ids)[0], prompt.layout.length
+        if setting == "query-only":
+            ctx = full.pruned(0.0)
+        elif setting.startswith("k-only="):
+            ctx = full.pruned(float(setting.split("=", 1)[1]), keep_query=False)
+        elif setting.startswith("k="):
+            ctx = full.pruned(float(setting.split("=", 1)[1]))
+        else:
+            raise VlmflowError(f"unknown reprompt setting {setting!r}")
+        answer = ctx.ask(question, max_new_tokens=n)
+        asked = int(ctx.question_ids(question).shape[1])
+        return answer.text, ctx.context_tokens + asked
+
+
+def _record(question: Any, reply: str, tokens: int) -> dict[str, Any]:
+    from vlmflow.scenes.evaluate import parse_yes_no
+
+    parsed = parse_yes_no(reply)
+    return {
+        "text": question.text,
+        "category": question.category,
+        "answer": question.answer,
+        "reply": reply,
+        "parsed": parsed,
+        "correct": parsed == question.answer,
+        "tokens": tokens,
+    }
+
+
+def table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per setting: ACC and ACC+ per category and on average, and tokens per re-prompt.
+
+    `rows` are (setting, payload) pairs of stored results, one per scene and setting.
+    """
+    acc: dict[str, dict[str, list[bool]]] = {}
+    plus: dict[str, dict[str, list[bool]]] = {}
+    tokens: dict[str, list[int]] = {}
+    for setting, payload in rows:
+        by_category: dict[str, list[bool]] = {}
+        for q in payload["questions"]:
+            by_category.setdefault(q["category"], []).append(bool(q["correct"]))
+            tokens.setdefault(setting, []).append(int(q["tokens"]))
+        for category, marks in by_category.items():
+            acc.setdefault(setting, {}).setdefault(category, []).extend(marks)
+            plus.setdefault(setting, {}).setdefault(category, []).append(all(marks))
+    out: dict[str, dict[str, float]] = {}
+    for setting in acc:
+        cells: dict[str, float] = {}
+        for category, marks in acc[setting].items():
+            cells[f"acc.{category}"] = 100 * sum(marks) / len(marks)
+            pairs = plus[setting][category]
+            cells[f"acc+.{category}"] = 100 * sum(pairs) / len(pairs)
+        categories = list(acc[setting])
+        cells["acc"] = sum(cells[f"acc.{c}"] for c in categories) / len(categories)
+        cells["acc+"] = sum(cells[f"acc+.{c}"] for c in categories) / len(categories)
+        cells["tokens"] = sum(tokens[setting]) / len(tokens[setting])
+        out[setting] = cells
+    return out
+
+
+__all__ = ["Reprompt", "RepromptConfig", "table"]
