@@ -49,7 +49,7 @@ def attention(
         )
     session.check_layer(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
-    roles = session.key_roles(kv_len)  # (b, kv)
+    roles = session.key_roles(kv_len, query.device)  # (b, kv)
     cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles)  # (b, q, kv)
     step = kv_len - session.prompt_length
     recorder = session.recorder

@@ -56,6 +56,7 @@ class Session:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
             self._touched |= self.recorder.fraction_layers | self.recorder.image_layers
         self._codes = layout.codes.to(handle.device)
+        self._by_device: dict[torch.device, torch.Tensor] = {}
         self._checked: set[int] = set()
 
     @property
@@ -65,17 +66,25 @@ class Session:
     def touches(self, layer: int) -> bool:
         return layer in self._touched
 
-    def key_roles(self, kv_len: int) -> torch.Tensor:
-        """(b, kv) role codes; positions past the prompt are generated tokens."""
-        codes = self._codes
-        if kv_len > codes.shape[1]:
-            extra = torch.full(
-                (codes.shape[0], 2 * kv_len - codes.shape[1]),
-                int(Role.GENERATED),
-                dtype=codes.dtype,
-                device=codes.device,
-            )
-            self._codes = codes = torch.cat([codes, extra], dim=1)
+    def key_roles(self, kv_len: int, device: torch.device | None = None) -> torch.Tensor:
+        """(b, kv) role codes on `device`; positions past the prompt are generated tokens.
+
+        One copy per device, so layers spread over several GPUs (`device_map="auto"`) each read
+        their own without a transfer per call.
+        """
+        device = device or self._codes.device
+        codes = self._by_device.get(device)
+        if codes is None or kv_len > codes.shape[1]:
+            base = self._codes
+            if kv_len > base.shape[1]:
+                extra = torch.full(
+                    (base.shape[0], 2 * kv_len - base.shape[1]),
+                    int(Role.GENERATED),
+                    dtype=base.dtype,
+                    device=base.device,
+                )
+                self._codes = base = torch.cat([base, extra], dim=1)
+            codes = self._by_device[device] = base.to(device)
         return codes[:, :kv_len]
 
     def check_layer(self, module: torch.nn.Module, kwargs: dict[str, Any]) -> None:

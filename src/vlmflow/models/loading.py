@@ -148,12 +148,15 @@ def load(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "auto",
     attn: str = "sdpa",
+    device_map: str | dict[str, Any] | None = None,
 ) -> Handle:
     """Load a supported VLM with vlmflow's attention backend on its language model.
 
     `attn="sdpa"` (default) routes the language model through the registered "vlmflow" function
     (SDPA outside sessions); "eager" or a flash-attention name load the model as transformers
-    would, and sessions with knockout or capture are then refused.
+    would, and sessions with knockout or capture are then refused. `device_map="auto"` spreads
+    a model larger than one device over several (accelerate); sessions stay exact because each
+    layer reads the role codes on its own device.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -175,8 +178,9 @@ def load(
     if torch_dtype == "auto" and str(device) == "cpu":
         torch_dtype = torch.float32
     try:
+        extra: dict[str, Any] = {"device_map": device_map} if device_map is not None else {}
         model = AutoModelForImageTextToText.from_pretrained(
-            name, dtype=torch_dtype, attn_implementation=impl
+            name, dtype=torch_dtype, attn_implementation=impl, **extra
         )
         processor = load_processor(name)
     except ImportError as err:
@@ -186,7 +190,9 @@ def load(
         ) from None
     except (OSError, ValueError) as err:
         raise VlmflowError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
-    model = model.to(torch.device(device)).eval()  # type: ignore[arg-type]
+    if device_map is None:
+        model = model.to(torch.device(device))  # type: ignore[arg-type]
+    model = model.eval()
     return Handle(
         name=str(path_or_id),
         model=model,
