@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vlmflow.commands.demo", "run the main job on the default model"),
     "reprompt": ("vlmflow.commands.reprompt", "answer questions from a compressed image context"),
     "run": ("vlmflow.experiments.command", "run experiments resumably into a results store"),
+    "report": (
+        "vlmflow.report.command",
+        "build DIR/report.html: the paper's figures and tables, and a map viewer",
+    ),
     "judge": ("vlmflow.judge.command", "compare two descriptions object by object"),
     "scenes": ("vlmflow.scenes.command", "render, list and evaluate the scene world"),
 }

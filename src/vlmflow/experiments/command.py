@@ -1,8 +1,10 @@
 """`vlmflow run EXPERIMENT...`: run experiments into OUT/results.sqlite3, resumably.
 
 Running the same command again resumes: finished (item, setting) pairs are skipped. A sharded
-run (`--rank R --world-size W`, one process per rank) writes OUT/results.rank{R}.sqlite3;
-`--merge` folds the ranks into OUT/results.sqlite3 once all have finished.
+run writes OUT/results.rank{R}.sqlite3 per rank. Under torchrun the ranks are taken from the
+environment and rank 0 merges them into OUT/results.sqlite3 at the end (see
+`vlmflow.experiments.distributed`); by hand (`--rank R --world-size W`, one process per rank)
+`--merge` folds the ranks together once all have finished.
 """
 
 from __future__ import annotations
@@ -13,12 +15,33 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlmflow.experiments.distributed import Launch
+    from vlmflow.experiments.items import ImageSource
+    from vlmflow.experiments.protocol import Experiment
 
 DEFAULT_OUT = "runs"
 
+EPILOG = """\
+data parallel (one process per rank; every rank writes OUT/results.rank{R}.sqlite3):
+  one node:    torchrun --nproc-per-node 8 -m vlmflow run EXPERIMENT --device cuda ...
+  multi-node:  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+                 --rdzv-endpoint HOST:PORT -m vlmflow run EXPERIMENT --device cuda ...
+               (the same command on every node)
+  Rank 0 merges the rank files into OUT/results.sqlite3 at the end, so all ranks must see
+  the same --out (a shared filesystem); otherwise copy the rank files into one folder and
+  run: vlmflow run --merge --out DIR. --device cuda gives each rank cuda:LOCAL_RANK. If a
+  rank fails or is killed the others exit non-zero; run the same command again to resume
+  (torchrun --max-restarts N does that by itself).
+  Without torchrun, --rank R --world-size W shards by hand; then --merge when all are done.
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment names")
     parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
     parser.add_argument(
@@ -28,8 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--rank", type=int, default=0, help="this process's shard (0-based)")
-    parser.add_argument("--world-size", type=int, default=1, help="number of shards")
+    parser.add_argument(
+        "--rank", type=int, help="shard by hand: this process's shard (0-based; torchrun sets it)"
+    )
+    parser.add_argument(
+        "--world-size", type=int, help="shard by hand: number of shards (torchrun sets it)"
+    )
+    parser.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="under torchrun: a rank silent this long counts as lost (default 300)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run failed items again")
     parser.add_argument("--export", metavar="FILE", help="write a .csv or .parquet table after")
     parser.add_argument("--merge", action="store_true", help="merge per-rank stores and exit")
@@ -40,10 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlmflow.errors import VlmflowError
-    from vlmflow.experiments import registry
-    from vlmflow.experiments.items import ImageSource, Shard
-    from vlmflow.experiments.runner import Runner
-    from vlmflow.store import ResultStore, merge, rank_files
+    from vlmflow.experiments import distributed, registry
+    from vlmflow.experiments.items import ImageSource
+    from vlmflow.store import merge
 
     if args.list:
         for name in registry.names():
@@ -52,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.export and Path(args.export).suffix not in (".csv", ".parquet"):
         raise VlmflowError(f"--export {args.export}: name a .csv or .parquet file")
+    launch = distributed.detect(args.rank, args.world_size, args.device)
     if args.merge:
+        if launch.coordinated and launch.rank != 0:
+            return 0  # under torchrun one merge is enough: rank 0's
         report = merge(out, partial=args.partial)
         print(
             f"merged ranks {list(report.ranks)} into {report.path}: "
@@ -62,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.experiments:
         raise VlmflowError("name at least one experiment: vlmflow run --list shows them")
-    shard = Shard(args.rank, args.world_size)
     options = _read_config(args.config, args.experiments)
     experiments = [registry.create(name, options.get(name)) for name in args.experiments]
     for experiment in experiments:
@@ -72,11 +107,49 @@ def run(args: argparse.Namespace) -> int:
         if bind is not None:
             bind(args.model)
     source = ImageSource.parse(args.images)
+    if not launch.coordinated:
+        return _run_shard(args, launch, experiments, source, out)
+    with distributed.process_group(launch, args.rank_timeout) as meeting:
+        try:
+            code = _run_shard(args, launch, experiments, source, out)
+        except BaseException as err:
+            distributed.abandon(meeting, f"{type(err).__name__}: {err}")
+            raise
+        if code != 0:
+            distributed.abandon(meeting, "stopped by a signal")
+            return code
+        try:
+            merged = distributed.finish(meeting, out)
+        except distributed.RankLost as err:
+            raise distributed.RankLost(
+                f"rank {launch.rank}: {err}; {distributed.resume_hint(out)}"
+            ) from None
+    if merged is not None:
+        print(
+            f"merged ranks {list(merged.ranks)} into {merged.path}: "
+            f"{merged.results_added} results, {merged.failures_added} failures added"
+        )
+        _export(args, out)
+    return 0
+
+
+def _run_shard(
+    args: argparse.Namespace,
+    launch: Launch,
+    experiments: list[Experiment],
+    source: ImageSource,
+    out: Path,
+) -> int:
+    """Run this process's shard into its store; 0, or 128 + signal when stopped by one."""
+    from vlmflow.experiments.runner import Runner
+    from vlmflow.store import ResultStore, merge, rank_files
+
+    shard = launch.shard
 
     def load_model() -> Any:
         import vlmflow
 
-        return vlmflow.load(args.model, device=args.device, dtype=args.dtype)
+        return vlmflow.load(args.model, device=launch.device, dtype=args.dtype)
 
     if shard.world_size == 1 and rank_files(out):
         # Resuming a sharded run in one process: fold the ranks in first, so nothing is redone
@@ -96,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = runner.run()
         path = store.path
-    again = "vlmflow " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "the same command"
+    if launch.launched:
+        again = "the same torchrun command"
+    else:
+        again = "vlmflow " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "the same command"
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} already done"
     if summary.interrupted:
         assert summary.signal is not None
@@ -109,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{counts} in {summary.seconds:.1f} s -> {path}")
     if summary.failed:
         print(f"failures are in the 'failures' table of {path} (and in --export files)")
-    if shard.world_size > 1:
+    if launch.coordinated:
+        print(f"rank {shard.rank} finished its shard")
+    elif shard.world_size > 1:
         print(f"rank {shard.rank} finished; once every rank has: vlmflow run --merge --out {out}")
     else:
         _export(args, out)

@@ -1,0 +1,19 @@
+"""`vlmflow report DIR`: build DIR/report.html from the results store of DIR."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "out", metavar="DIR", help="output folder of `vlmflow run` (holds results.sqlite3)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmflow.report import build_report
+
+    path = build_report(args.out)
+    print(f"wrote {path}")
+    return 0

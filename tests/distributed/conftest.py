@@ -1,0 +1,10 @@
+"""Make the model-free `toy` experiment of tests/experiments importable here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+if str(EXPERIMENTS) not in sys.path:
+    sys.path.insert(0, str(EXPERIMENTS))

@@ -1,0 +1,111 @@
+"""The report in headless Chromium: every image loads, the viewer responds, no console errors.
+
+Needs Debian's Chromium and the Playwright driver (no browser download):
+    apt-get install -y chromium
+    pip install playwright
+A missing browser or driver fails this test with that message; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+INSTALL = "apt-get install -y chromium && pip install playwright"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    if executable is None:
+        pytest.fail(f"headless Chromium not found at {CHROMIUM}: {INSTALL}", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"the Playwright driver is missing: {INSTALL}", pytrace=False)
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=executable, headless=True, args=ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def test_report_opens_offline_and_the_viewer_responds(browser: Any, report_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    # the report must not need the network: any request that is not a local file fails
+    remote: list[str] = []
+
+    def refuse(route: Any) -> None:
+        remote.append(route.request.url)
+        route.abort()
+
+    context.route(lambda url: not url.startswith(("file:", "data:")), refuse)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on(
+        "console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None
+    )
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"failed to load {r.url}"))
+    page.goto(report_path.as_uri(), wait_until="load")
+
+    images = page.evaluate(
+        "Array.from(document.images).map(i => [i.getAttribute('src').slice(0, 40),"
+        " i.complete, i.naturalWidth])"
+    )
+    assert len(images) == 8  # seven figures and the viewer picture
+    assert all(complete and width > 0 for _, complete, width in images), images
+
+    label, canvas = page.locator("#viewer-layer-label"), page.locator("#viewer-canvas")
+
+    def drawn() -> str:
+        return str(canvas.evaluate("c => c.toDataURL()"))
+
+    first_label, first_canvas = label.inner_text(), drawn()
+    assert first_label.startswith("layer ")
+    page.locator("#viewer-layer").focus()
+    page.keyboard.press("Home")  # the slider moved by the keyboard, as a user would
+    assert label.inner_text() != first_label and label.inner_text().startswith("layer 0 ")
+    assert drawn() != first_canvas
+    page.keyboard.press("ArrowRight")
+    assert label.inner_text().startswith("layer 1 ")
+
+    text = page.locator("#viewer-text").inner_text()
+    options = page.locator("#viewer-image option").count()
+    assert options == 2
+    page.select_option("#viewer-image", index=1)
+    assert page.locator("#viewer-text").inner_text() != text or drawn() != first_canvas
+    assert not page.locator("#viewer-roles").is_hidden()  # fractions of the same picture
+
+    before = drawn()
+    page.select_option("#viewer-scale", "image")
+    page.locator("#viewer-opacity").fill("30")
+    assert drawn() != before
+    page.locator("#viewer-play").click()
+    page.wait_for_function(
+        "t => document.getElementById('viewer-layer-label').textContent !== t",
+        arg=label.inner_text(),
+        timeout=5000,
+    )
+    page.locator("#viewer-play").click()
+    assert page.locator("#viewer-play").inner_text() == "Play"
+
+    assert remote == []
+    assert problems == []
+    context.close()
