@@ -1,8 +1,10 @@
-"""`vlmflow demo`: the main job on the default model, end to end in a couple of minutes.
+"""`vlmflow demo`: the main job on the default model, end to end in a few minutes.
 
 For a few evaluation scenes it prints the reference description, the model's description, the
 description when the image is knocked out from the query and generated tokens (paper Sec. 4.1),
-and where the generated tokens' attention goes layer by layer (paper Fig. 1).
+and where the generated tokens' attention goes layer by layer (paper Fig. 1). Then it runs a
+small pass of every analysis of the paper into a results store and writes the HTML report.
+Running it again resumes: finished results are reused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object per scene")
+    parser.add_argument("--out", default="vlmflow-demo", help="results store and report folder")
+    parser.add_argument("--no-report", action="store_true", help="skip the experiments")
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -70,5 +74,42 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"    layer {layer:2d}  {_bar(row[1])} {row[1]:.2f} | {row[2]:.2f} | {row[3]:.2f}"
             )
+    if not args.no_report:
+        report = _experiments(handle, args)
+        print(f"\nreport: {report}")
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _experiments(handle: Any, args: argparse.Namespace) -> Any:
+    """A small pass of all the paper's analyses on the same scenes, then the report."""
+    from vlmflow.experiments import ImageSource, Runner, create
+    from vlmflow.report import build_report
+    from vlmflow.store import ResultStore
+
+    tokens = min(args.max_new_tokens, 32)
+    last = handle.num_layers - 1
+    sweep = sorted({round(last * f / 5) for f in range(6)})
+    options: dict[str, dict[str, Any]] = {
+        "fractions": {"max_new_tokens": tokens},
+        "histogram": {"max_new_tokens": tokens},
+        "maps": {"max_new_tokens": tokens},
+        "knockout": {"max_new_tokens": tokens, "layers": sweep, "judge": "scene"},
+        "topk": {"max_new_tokens": tokens, "k": [0.02, 0.1, 0.5, 1.0], "judge": "scene"},
+        "localization": {"max_new_tokens": tokens},
+    }
+    experiments = [create(name, opts) for name, opts in options.items()]
+    for experiment in experiments:
+        bind = getattr(experiment, "bind_model", None)
+        if bind is not None:
+            bind(handle.num_layers)
+    print(f"\nrunning the paper's analyses on {args.scenes} scenes into {args.out}/ ...")
+    with ResultStore.open(args.out) as store:
+        Runner(
+            experiments,
+            ImageSource.parse(f"scenes:{args.scenes}"),
+            store,
+            model=args.model,
+            handle_factory=lambda: handle,
+        ).run()
+    return build_report(args.out)
