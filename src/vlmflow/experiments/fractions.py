@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vlmflow.attention.layers import Layers
 from vlmflow.errors import VlmflowError
@@ -122,7 +122,26 @@ class FractionsConfig(DescribeConfig):
     per_step: bool = False
 
 
-class Fractions:
+class DescribeExperiment:
+    """Shared shape of the capture experiments: one item per image, one `describe` setting,
+    options parsed into the subclass's `config_type`."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[DescribeConfig]]
+    needs_model = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options: Any = parse_config(self.config_type, options, self.name)
+        self.config = asdict(self.options)
+
+    def items(self, source: ImageSource) -> Iterable[WorkItem]:
+        return image_items(source)
+
+    def settings(self, item: WorkItem) -> Sequence[str]:
+        return [SETTING]
+
+
+class Fractions(DescribeExperiment):
     """Per layer, the shares of attention to prefix / image / query / generated tokens.
 
     Result, for one image:
@@ -137,17 +156,7 @@ class Fractions:
     """
 
     name = "fractions"
-    needs_model = True
-
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.options = parse_config(FractionsConfig, options, self.name)
-        self.config = asdict(self.options)
-
-    def items(self, source: ImageSource) -> Iterable[WorkItem]:
-        return image_items(source)
-
-    def settings(self, item: WorkItem) -> Sequence[str]:
-        return [SETTING]
+    config_type = FractionsConfig
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
         from vlmflow.attention.capture import Capture

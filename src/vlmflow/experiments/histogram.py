@@ -13,21 +13,18 @@ Counts are over fixed log-spaced bins so histograms add up across images and mod
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from vlmflow.experiments.fractions import (
-    SETTING,
     DescribeConfig,
+    DescribeExperiment,
     describe,
-    image_items,
     measured_layers,
 )
-from vlmflow.experiments.items import ImageSource
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.protocol import Context, Result, WorkItem
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class Summary:
         return cls(float(row.max()), mass, entropy, top_mass / mass)
 
 
-class Histogram:
+class Histogram(DescribeExperiment):
     """Per layer, a histogram of attention values over image tokens, plus summary statistics.
 
     Result, for one image:
@@ -105,17 +102,7 @@ class Histogram:
     """
 
     name = "histogram"
-    needs_model = True
-
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.options = parse_config(HistogramConfig, options, self.name)
-        self.config = asdict(self.options)
-
-    def items(self, source: ImageSource) -> Iterable[WorkItem]:
-        return image_items(source)
-
-    def settings(self, item: WorkItem) -> Sequence[str]:
-        return [SETTING]
+    config_type = HistogramConfig
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
         from vlmflow.attention.capture import Capture

@@ -22,22 +22,20 @@ canvas over the original image with the prompt layout's token grids (`Tile`s):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vlmflow.experiments.fractions import (
-    SETTING,
     DescribeConfig,
+    DescribeExperiment,
     describe,
-    image_items,
     measured_layers,
     rounded,
 )
-from vlmflow.experiments.items import ImageSource
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.protocol import Context, Result, WorkItem
 from vlmflow.models.layout import ImageSpan, Tile
 
 GLOBAL, DETAIL, ALL_VIEWS = "global", "detail", "all"
@@ -116,7 +114,7 @@ def render(
     return Rendered(maps, views, separators)
 
 
-class Maps:
+class Maps(DescribeExperiment):
     """Per layer, attention maps of the generated tokens over the picture.
 
     Result, for one image:
@@ -132,17 +130,7 @@ class Maps:
     """
 
     name = "maps"
-    needs_model = True
-
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.options = parse_config(MapsConfig, options, self.name)
-        self.config = asdict(self.options)
-
-    def items(self, source: ImageSource) -> Iterable[WorkItem]:
-        return image_items(source)
-
-    def settings(self, item: WorkItem) -> Sequence[str]:
-        return [SETTING]
+    config_type = MapsConfig
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
         from vlmflow.attention.capture import Capture
