@@ -69,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  reference : {result['reference']}")
         print(f"  model     : {result['description']}")
         print(f"  no image  : {result['knockout_image_to_query_generated']}")
-        print("  attention of generated tokens per layer: image | query | generated")
+        print("  attention of generated tokens per layer: image | prefix | query | generated")
         for layer, row in enumerate(per_layer.tolist()):
-            print(
-                f"    layer {layer:2d}  {_bar(row[1])} {row[1]:.2f} | {row[2]:.2f} | {row[3]:.2f}"
-            )
+            shares = " | ".join(f"{row[i]:.2f}" for i in (0, 2, 3))
+            print(f"    layer {layer:2d}  {_bar(row[1])} {row[1]:.2f} | {shares}")
     if not args.no_report:
         report = _experiments(handle, args)
         print(f"\nreport: {report}")
