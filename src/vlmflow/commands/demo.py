@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object per scene")
     parser.add_argument("--out", default="vlmflow-demo", help="results store and report folder")
+    parser.add_argument(
+        "--report-scenes", type=int, default=2, help="scenes for the analyses and the report"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the experiments")
 
 
@@ -102,11 +105,11 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
         bind = getattr(experiment, "bind_model", None)
         if bind is not None:
             bind(handle.num_layers)
-    print(f"\nrunning the paper's analyses on {args.scenes} scenes into {args.out}/ ...")
+    print(f"\nrunning the paper's analyses on {args.report_scenes} scenes into {args.out}/ ...")
     with ResultStore.open(args.out) as store:
         Runner(
             experiments,
-            ImageSource.parse(f"scenes:{args.scenes}"),
+            ImageSource.parse(f"scenes:{args.report_scenes}"),
             store,
             model=args.model,
             handle_factory=lambda: handle,
