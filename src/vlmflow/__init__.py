@@ -24,6 +24,7 @@ _EXPORTS = {
     "CaptureResult": "vlmflow.attention.capture",
     "Role": "vlmflow.roles",
     "VlmflowError": "vlmflow.errors",
+    "generate_variants": "vlmflow.attention.batch",
     "compress": "vlmflow.compress",
     "load_context": "vlmflow.compress",
     "CompressedContext": "vlmflow.compress",

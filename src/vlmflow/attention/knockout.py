@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,12 +26,19 @@ class Knockout:
 
     With `keys` set, the blocked keys are those explicit prompt positions per layer instead of a
     role set (top-k pruning blocks the image keys outside each layer's kept set).
+    With `rows` set, only those batch rows are knocked out (None: every row), so one batch can
+    hold several settings of the same prompt (`vlmflow.attention.batch`).
     """
 
     src: frozenset[Role] = frozenset({Role.IMAGE})
     tgt: frozenset[Role] = frozenset({Role.GENERATED})
     layers: Layers = ALL
     keys: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+    rows: frozenset[int] | None = None
+
+    def on_rows(self, rows: Iterable[int]) -> Knockout:
+        """The same knockout restricted to these batch rows."""
+        return replace(self, rows=frozenset(int(r) for r in rows))
 
     @classmethod
     def parse(cls, setting: str, layers: str | Layers = "all") -> Knockout:
@@ -61,7 +68,10 @@ class Knockout:
     def __str__(self) -> str:
         src = "+".join(r.name.lower() for r in sorted(self.src)) or "keys"
         tgt = "+".join(r.name.lower() for r in sorted(self.tgt))
-        return f"{src}->{tgt}@{self.layers}"
+        text = f"{src}->{tgt}@{self.layers}"
+        if self.rows is not None:
+            text += "[rows " + ",".join(str(r) for r in sorted(self.rows)) + "]"
+        return text
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class ResolvedKnockout:
     tgt: torch.Tensor  # (num_role_codes,) bool: query role blocked?
     src: torch.Tensor  # (num_role_codes,) bool: key role blocked?
     keys: dict[int, torch.Tensor]  # layer -> (k,) long positions
+    rows: torch.Tensor | None = None  # (r,) long batch rows it applies to; None: all rows
 
     @classmethod
     def of(cls, knockout: Knockout, num_layers: int) -> ResolvedKnockout:
@@ -91,7 +102,12 @@ class ResolvedKnockout:
                     )
                 keys[layer] = torch.tensor(positions, dtype=torch.long)
             layers = frozenset(keys)
-        return cls(layers, table(knockout.tgt), table(knockout.src), keys)
+        rows = None
+        if knockout.rows is not None:
+            if any(r < 0 for r in knockout.rows):
+                raise VlmflowError(f"knockout rows {sorted(knockout.rows)} must be >= 0")
+            rows = torch.tensor(sorted(knockout.rows), dtype=torch.long)
+        return cls(layers, table(knockout.tgt), table(knockout.src), keys, rows)
 
 
 def blocked(
@@ -106,6 +122,11 @@ def blocked(
         if layer not in ko.layers:
             continue
         rows = ko.tgt.to(query_roles.device)[query_roles.long()]  # (b, q)
+        if ko.rows is not None:
+            chosen = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)  # (b,)
+            index = ko.rows.to(rows.device)
+            chosen[index[index < rows.shape[0]]] = True
+            rows = rows & chosen[:, None]
         if not bool(rows.any()):
             continue
         if layer in ko.keys:

@@ -44,11 +44,16 @@ class Session:
         self.layout = layout = prompt.layout
         self.num_layers = handle.num_layers
         self.knockouts = [ResolvedKnockout.of(k, self.num_layers) for k in knockouts]
+        batch = int(layout.codes.shape[0])
         for ko, spec in zip(self.knockouts, knockouts, strict=True):
             if bool((ko.tgt & ko.src).any()):
                 raise VlmflowError(
                     f"knockout {spec} blocks a role from itself, leaving queries nothing to attend"
                     " to: choose src and tgt roles that differ"
+                )
+            if spec.rows is not None and max(spec.rows, default=0) >= batch:
+                raise VlmflowError(
+                    f"knockout {spec} names rows the prompt does not have: it has {batch} row(s)"
                 )
         self._touched = frozenset().union(*(k.layers for k in self.knockouts))
         self.recorder: Recorder | None = None
