@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default="all", help="all, from:L, only:A-B, except:A-B")
     parser.add_argument("--attn", default="sdpa", help="sdpa (default), eager or flash_attention_2")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device-map", help="'auto': spread the model over visible devices")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -34,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
         raise VlmflowError(
             "flash-attention kernels cannot take knockout masks: use --attn sdpa (the default)"
         )
-    handle = vlmflow.load(args.model, device=args.device, attn=args.attn)
+    handle = vlmflow.load(
+        args.model, device=args.device, attn=args.attn, device_map=args.device_map
+    )
     layers.resolve(handle.num_layers)  # fail early on an out-of-range spec
     prompt = handle.prepare(args.image, args.prompt)
     knockouts = [vlmflow.Knockout.parse(args.knockout, layers)] if args.knockout else []

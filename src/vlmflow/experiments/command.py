@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument(
+        "--device-map",
+        help="'auto' spreads a model too large for one device over all visible ones (accelerate)",
+    )
+    parser.add_argument(
         "--rank", type=int, help="shard by hand: this process's shard (0-based; torchrun sets it)"
     )
     parser.add_argument(
@@ -149,7 +153,9 @@ def _run_shard(
     def load_model() -> Any:
         import vlmflow
 
-        return vlmflow.load(args.model, device=launch.device, dtype=args.dtype)
+        return vlmflow.load(
+            args.model, device=launch.device, dtype=args.dtype, device_map=args.device_map
+        )
 
     if shard.world_size == 1 and rank_files(out):
         # Resuming a sharded run in one process: fold the ranks in first, so nothing is redone
