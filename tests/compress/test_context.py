@@ -18,7 +18,7 @@ def _full_prompt_answer(handle, image, context, question, new):
     """Greedy answer of the uncompressed prompt: context tokens + question, with the image."""
     batch = handle.prepare(image)
     n = context.full_tokens
-    qids = continuation_ids(handle, context.context_text, question)
+    qids = continuation_ids(handle, question)
     ids = torch.cat([batch.input_ids[:, :n], qids], 1)
     inputs = dict(batch.inputs)
     inputs["input_ids"] = ids
@@ -109,3 +109,10 @@ def test_pruning_a_full_context_equals_compressing_directly(family, tiny_path, p
     for positions in bare.kept:
         assert all(codes[p] in (Role.PREFIX, Role.IMAGE) for p in positions)
     assert bare.context_tokens < cut.context_tokens
+
+
+def test_a_custom_first_prompt_still_takes_questions(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("llava")))
+    context = compress(handle, photo, k=1.0, prompt="What is in this picture ?", max_new_tokens=4)
+    answer = context.ask(QUESTIONS[0], max_new_tokens=4)
+    assert 0 < len(answer.ids) <= 4

@@ -84,7 +84,7 @@ class CompressedContext:
 
     def question_ids(self, question: str) -> torch.Tensor:
         """(1, q) token ids that continue the context with a new user turn and the answer cue."""
-        return continuation_ids(self.handle, self.context_text, question)
+        return continuation_ids(self.handle, question)
 
     def ask(self, question: str, max_new_tokens: int = 16, stop_at_eos: bool = True) -> Answer:
         """Greedy answer from the compressed context, without the image."""
@@ -126,22 +126,17 @@ class CompressedContext:
         save_context(self, path)
 
 
-def continuation_ids(handle: Handle, context_text: str, question: str) -> torch.Tensor:
-    """Token ids of a second user turn (`question`) plus the generation cue, after the context."""
-    first = [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]
-    messages = [
-        {"role": "user", "content": first},
-        {"role": "user", "content": [{"type": "text", "text": question}]},
-    ]
-    full = handle.processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
-    )
-    if not full.startswith(context_text):
+def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
+    """Token ids of a second user turn (`question`) plus the generation cue, after any first
+    turn: the difference between the chat template rendered with and without that turn."""
+    first = _user_turn(DEFAULT_PROMPT, image=True)
+    one = _render(handle, [first], add_generation_prompt=False)
+    two = _render(handle, [first, _user_turn(question)], add_generation_prompt=True)
+    if not two.startswith(one):
         raise VlmflowError(
             "this chat template rewrites earlier turns: re-prompting needs a plain one"
         )
-    suffix = full[len(context_text) :]
-    ids = handle.processor.tokenizer(suffix, add_special_tokens=False, return_tensors="pt")
+    ids = handle.processor.tokenizer(two[len(one) :], add_special_tokens=False, return_tensors="pt")
     return ids["input_ids"]  # (1, q)
 
 
@@ -154,11 +149,21 @@ def _eos_ids(handle: Handle) -> set[int]:
     return ids
 
 
-def _context_text(handle: Handle, prompt: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+def _user_turn(text: str, image: bool = False) -> dict[str, Any]:
+    content = [{"type": "image"}] if image else []
+    return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
+
+
+def _render(handle: Handle, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
     return str(
-        handle.processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+        handle.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
     )
+
+
+def _context_text(handle: Handle, prompt: str) -> str:
+    return _render(handle, [_user_turn(prompt, image=True)], add_generation_prompt=False)
 
 
 def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
