@@ -116,11 +116,7 @@ class Session:
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         """Greedy `model.generate` on the session's prompt; returns (b, new) generated ids."""
-        inputs = self.prompt.inputs
-        settings = {"do_sample": False, "max_new_tokens": 32, **kwargs}
-        with torch.inference_mode():
-            out = self.handle.model.generate(**inputs, **settings)
-        return out[:, self.prompt_length :]
+        return self.handle.generate(self.prompt, **kwargs)
 
 
 def _image_index(layout: PromptLayout) -> torch.Tensor:

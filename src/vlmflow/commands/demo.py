@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _experiments(handle: Any, args: argparse.Namespace) -> Any:
     """A small pass of all the paper's analyses on the same scenes, then the report."""
     from vlmflow.experiments import ImageSource, Runner, create
+    from vlmflow.experiments.registry import bind_model
     from vlmflow.report import build_report
     from vlmflow.store import ResultStore
 
@@ -101,10 +102,7 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
         "localization": {"max_new_tokens": tokens},
     }
     experiments = [create(name, opts) for name, opts in options.items()]
-    for experiment in experiments:
-        bind = getattr(experiment, "bind_model", None)
-        if bind is not None:
-            bind(handle.num_layers)
+    bind_model(experiments, handle.num_layers)
     print(f"\nrunning the paper's analyses on {args.report_scenes} scenes into {args.out}/ ...")
     with ResultStore.open(args.out) as store:
         Runner(

@@ -104,12 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise VlmflowError("name at least one experiment: vlmflow run --list shows them")
     options = _read_config(args.config, args.experiments)
     experiments = [registry.create(name, options.get(name)) for name in args.experiments]
-    for experiment in experiments:
-        # settings that depend on the model's depth (the knockout layer sweep) are planned
-        # before any weights load: the depth comes from the checkpoint's config alone
-        bind = getattr(experiment, "bind_model", None)
-        if bind is not None:
-            bind(args.model)
+    registry.bind_model(experiments, args.model)
     source = ImageSource.parse(args.images)
     if not launch.coordinated:
         return _run_shard(args, launch, experiments, source, out)

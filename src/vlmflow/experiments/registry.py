@@ -8,7 +8,7 @@ returning an `Experiment` (usually the class itself).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vlmflow.errors import VlmflowError
@@ -75,3 +75,13 @@ def create(name: str, options: Mapping[str, Any] | None = None) -> Experiment:
     if not isinstance(experiment, Experiment):
         raise TypeError(f"{EXPERIMENTS[name][0]} did not build an Experiment")
     return experiment
+
+
+def bind_model(experiments: Iterable[Experiment], model: str | int) -> None:
+    """Tell experiments whose settings depend on the model's depth (the knockout layer sweep)
+    which model they run on, before any weights load: a path/hub id is read from its config,
+    an int is the number of layers itself."""
+    for experiment in experiments:
+        bind = getattr(experiment, "bind_model", None)
+        if bind is not None:
+            bind(model)

@@ -96,7 +96,7 @@ class Handle:
         return Prompt(inputs, layout, tuple(texts))
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 32, **kwargs: Any) -> torch.Tensor:
-        """Greedy generation without a session; returns (b, new) ids."""
+        """Greedy generation (inside a session or not); returns (b, new) ids."""
         with torch.inference_mode():
             out = self.model.generate(
                 **prompt.inputs, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
