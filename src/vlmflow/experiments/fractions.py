@@ -140,6 +140,13 @@ class DescribeExperiment:
     def settings(self, item: WorkItem) -> Sequence[str]:
         return [SETTING]
 
+    def describe_image_rows(self, handle: Any, item: WorkItem) -> tuple[Described, list[int]]:
+        """Describe the item keeping the image rows (float32) of the measured layers."""
+        from vlmflow.attention.capture import Capture
+
+        capture = Capture.of(fractions=False, image_layers=self.options.layers, dtype="float32")
+        return describe(handle, item, self.options, capture), measured_layers(self.options, handle)
+
 
 class Fractions(DescribeExperiment):
     """Per layer, the shares of attention to prefix / image / query / generated tokens.

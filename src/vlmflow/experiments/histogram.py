@@ -21,8 +21,6 @@ import numpy as np
 from vlmflow.experiments.fractions import (
     DescribeConfig,
     DescribeExperiment,
-    describe,
-    measured_layers,
 )
 from vlmflow.experiments.protocol import Context, Result, WorkItem
 
@@ -105,12 +103,8 @@ class Histogram(DescribeExperiment):
     config_type = HistogramConfig
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
-        from vlmflow.attention.capture import Capture
-
         options = self.options
-        layers = measured_layers(options, handle)
-        capture = Capture.of(fractions=False, image_layers=options.layers, dtype="float32")
-        described = describe(handle, item, options, capture)
+        described, layers = self.describe_image_rows(handle, item)
         edges = options.edges()
         counts, summaries = [], []
         for layer in layers:

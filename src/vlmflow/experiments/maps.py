@@ -31,8 +31,6 @@ import numpy as np
 from vlmflow.experiments.fractions import (
     DescribeConfig,
     DescribeExperiment,
-    describe,
-    measured_layers,
     rounded,
 )
 from vlmflow.experiments.protocol import Context, Result, WorkItem
@@ -133,12 +131,8 @@ class Maps(DescribeExperiment):
     config_type = MapsConfig
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
-        from vlmflow.attention.capture import Capture
-
         options = self.options
-        layers = measured_layers(options, handle)
-        capture = Capture.of(fractions=False, image_layers=options.layers, dtype="float32")
-        described = describe(handle, item, options, capture)
+        described, layers = self.describe_image_rows(handle, item)
         rows = np.stack(
             [described.generated_rows(layer).mean(dim=0).numpy() for layer in layers]
         )  # (L, n_image)
