@@ -50,7 +50,8 @@ def attention(
     session.check_layer(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
     roles = session.key_roles(kv_len, query.device)  # (b, kv)
-    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles)  # (b, q, kv)
+    present = session.query_role_codes(kv_len - q_len, kv_len)
+    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present)
     step = kv_len - session.prompt_length
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)

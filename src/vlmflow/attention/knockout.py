@@ -115,11 +115,16 @@ def blocked(
     layer: int,
     query_roles: torch.Tensor,  # (b, q) int role codes
     key_roles: torch.Tensor,  # (b, kv) int role codes
+    present: frozenset[int],  # role codes among the query rows, known on the host
 ) -> torch.Tensor | None:
-    """(b, q, kv) bool: True where attention is knocked out at `layer`; None if nothing is."""
+    """(b, q, kv) bool: True where attention is knocked out at `layer`; None if nothing is.
+
+    `present` decides on the host whether a knockout can touch these rows at all, so decode
+    steps never wait on the device to find out (e.g. `image -> query` while generating).
+    """
     out: torch.Tensor | None = None
     for ko in knockouts:
-        if layer not in ko.layers:
+        if layer not in ko.layers or not any(bool(ko.tgt[code]) for code in present):
             continue
         rows = ko.tgt.to(query_roles.device)[query_roles.long()]  # (b, q)
         if ko.rows is not None:
@@ -127,8 +132,6 @@ def blocked(
             index = ko.rows.to(rows.device)
             chosen[index[index < rows.shape[0]]] = True
             rows = rows & chosen[:, None]
-        if not bool(rows.any()):
-            continue
         if layer in ko.keys:
             cols = torch.zeros(key_roles.shape, dtype=torch.bool, device=key_roles.device)
             pos = ko.keys[layer].to(key_roles.device)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from vlmflow.models.loading import Handle, Prompt
 
 
+_GENERATED = frozenset({int(Role.GENERATED)})
+
+
 class Session:
     """Knockouts and capture for one prompt batch; read by the attention function."""
 
@@ -62,6 +65,7 @@ class Session:
             self._touched |= self.recorder.fraction_layers | self.recorder.image_layers
         self._codes = layout.codes.to(handle.device)
         self._by_device: dict[torch.device, torch.Tensor] = {}
+        self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
         self._checked: set[int] = set()
 
     @property
@@ -91,6 +95,16 @@ class Session:
                 self._codes = base = torch.cat([base, extra], dim=1)
             codes = self._by_device[device] = base.to(device)
         return codes[:, :kv_len]
+
+    def query_role_codes(self, start: int, end: int) -> frozenset[int]:
+        """Role codes held by positions [start, end) of any row, from the host-side layout."""
+        n = self.prompt_length
+        if start >= n:
+            return _GENERATED
+        if self._present[0] != (start, end):
+            codes = frozenset(int(c) for c in self.layout.codes[:, start : min(end, n)].unique())
+            self._present = ((start, end), codes | (_GENERATED if end > n else frozenset()))
+        return self._present[1]
 
     def check_layer(self, module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
         """Refuse attention variants whose key positions or weights this backend cannot map."""
