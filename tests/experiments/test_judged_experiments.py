@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from runs import run_into
 
 import vlmflow
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments import ImageSource, Runner, create
+from vlmflow.experiments import ImageSource, create
 from vlmflow.experiments.knockout import KNOCKOUTS, describe, middle_window, resolve_knockout
 from vlmflow.experiments.localization import (
     TokenGrid,
@@ -50,15 +51,7 @@ def handles(tiny_path: Callable[[str], Path]) -> Callable[[str], Any]:
 
 def run(experiment: Any, images: str, handle: Any, out: Path) -> tuple[list[Any], list[Any]]:
     with ResultStore.open(out) as store:
-        runner = Runner(
-            [experiment],
-            ImageSource.parse(images),
-            store,
-            model="tiny",
-            handle_factory=lambda: handle,
-            progress=False,
-        )
-        runner.run()
+        run_into(store, [experiment], images, handle)
         return store.rows(), store.failures()
 
 
@@ -98,6 +91,33 @@ def test_knockout_sweep_is_judged_against_its_baseline(handles: Any, tmp_path: P
     # image -> generated cannot change the first token: it is predicted at a query position
     ko = by["image-generated@all"].payload["ids"]
     assert ko[0] == base.payload["ids"][0]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_batched_sweep_equals_one_by_one(handles: Any, tmp_path: Path, family: str) -> None:
+    """The sweep generates an item's pending settings as rows of one batch; each row must
+    be the description that setting gets alone, and the batch size must not change the run."""
+    handle = handles(family)
+    options = {"num_layers": 4, "layers": [0, 1, 3], "max_new_tokens": 8, "judge": "scene"}
+    single, fails = run(
+        create("knockout", {**options, "batch": 1}), "scenes:2", handle, tmp_path / "a"
+    )
+    assert fails == []
+    batched, fails = run(
+        create("knockout", {**options, "batch": 5}), "scenes:2", handle, tmp_path / "b"
+    )
+    assert fails == []
+    assert len(single) == len(batched) == 2 * (1 + 3 * 5)
+    for one, many in zip(single, batched, strict=True):
+        assert (one.run_id, one.item, one.setting) == (many.run_id, many.item, many.setting)
+        assert one.payload["ids"] == many.payload["ids"]
+    # some knockout changes some description, so equality above is not trivially all-baseline
+    assert any(r.payload["ids"] != batched[0].payload["ids"] for r in batched[1:16])
+    topk = {"k": [0.0, 0.25, 0.5, 1.0], "max_new_tokens": 8, "judge": "scene"}
+    single, _ = run(create("topk", {**topk, "batch": 1}), "scenes:1", handle, tmp_path / "c")
+    batched, _ = run(create("topk", {**topk, "batch": 3}), "scenes:1", handle, tmp_path / "d")
+    assert [r.payload["ids"] for r in single] == [r.payload["ids"] for r in batched]
+    assert len(batched) == 4
 
 
 def test_a_knockout_at_zero_layers_cannot_be_configured(tiny_path: Any) -> None:

@@ -1,13 +1,8 @@
-"""Fixtures: a private cache, the offline judge (loaded once), and a loopback chat server."""
+"""Fixtures: a private cache and the offline judge (loaded once); `chat_server` is shared."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,69 +37,3 @@ def offline_judge() -> Any:
     from vlmflow.judge.offline import OfflineJudge
 
     return OfflineJudge()
-
-
-@dataclass
-class Reply:
-    """One canned answer: HTTP status, body (dict -> JSON, str -> as is) and a delay."""
-
-    status: int = 200
-    body: Any = None
-    delay: float = 0.0
-
-
-@dataclass
-class ChatServer:
-    """A loopback OpenAI-compatible stub: answers requests from a queue, records them."""
-
-    url: str
-    replies: list[Reply] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-    def answer(self, content: Any, delay: float = 0.0) -> None:
-        """Queue a chat completion whose message content is `content` (dicts become JSON)."""
-        text = content if isinstance(content, str) else json.dumps(content)
-        message = {"role": "assistant", "content": text}
-        body = {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
-        self.replies.append(Reply(200, body, delay))
-
-    def fail(self, status: int, body: Any = None, delay: float = 0.0) -> None:
-        """Queue an HTTP error (or any raw body with a status)."""
-        self.replies.append(Reply(status, body if body is not None else {"error": "boom"}, delay))
-
-
-@pytest.fixture
-def chat_server() -> Iterator[ChatServer]:
-    state = ChatServer(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            state.requests.append(json.loads(self.rfile.read(length)))
-            state.headers.append(dict(self.headers))
-            reply = state.replies.pop(0) if state.replies else Reply(500, {"error": "no reply"})
-            if reply.delay:
-                time.sleep(reply.delay)
-            body = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
-            data = body.encode()
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()

@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 0
     scenes: int = 6000  # training scenes whose features are cached
     align_steps: int = 1500  # first phase: grounding/position losses only (no language model)
-    steps: int = 2400  # second phase: all losses, through the language model
+    steps: int = 900  # second phase: all losses, through the language model
     batch_size: int = 8
     grounding_batch: int = 24  # extra scenes per step for the grounding loss only
     lr_projector: float = 1e-3

@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment names")
     parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
     parser.add_argument(
-        "--images", default="scenes", help="scenes, scenes:N, a folder, a .txt list or an image"
+        "--images",
+        default="scenes",
+        help="scenes, scenes:N, coco:ANN.json[:IMAGES], coco-paper:ANN.json[:IMAGES],"
+        " mme:FOLDER[:CAT,...], a folder, a .txt list or an image",
     )
     parser.add_argument("--config", help="JSON or TOML file: one table of options per experiment")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

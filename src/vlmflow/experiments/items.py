@@ -10,21 +10,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmflow.errors import VlmflowError
 
+if TYPE_CHECKING:
+    from vlmflow.scenes.questions import Question
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 SCENES = "scenes"
+MME = "mme"
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One image of a source: a file, or a scene of the shipped evaluation set."""
+    """One image of a source: a file, or a scene of the shipped evaluation set.
+
+    `questions_file`: an MME image's yes/no questions, parsed only when asked for.
+    `coco_id`: a COCO image's id, the key of its annotations (`vlmflow.experiments.coco`).
+    """
 
     id: str
     path: Path | None = None
     scene_index: int | None = None
+    questions_file: Path | None = None
+    coco_id: int | None = None
+
+    @property
+    def has_questions(self) -> bool:
+        return self.scene_index is not None or self.questions_file is not None
+
+    def questions(self) -> tuple[Question, ...]:
+        """Its yes/no questions with answers (scenes, MME); a bad file raises VlmflowError."""
+        if self.scene_index is not None:
+            from vlmflow.scenes import load_fixed_scene
+
+            return tuple(load_fixed_scene(self.scene_index).questions)
+        if self.questions_file is not None:
+            from vlmflow.experiments.mme import read_questions
+
+            return read_questions(self.questions_file, self.id.split("/", 1)[0])
+        return ()
 
     def open(self) -> Any:
         """The image as PIL RGB; an unreadable file raises VlmflowError (recorded per item)."""
@@ -43,18 +69,30 @@ class ImageSource:
 
     Forms: `scenes` (the 80 shipped evaluation scenes), `scenes:N` (the first N of them), a
     folder (every image below it, by relative path), a `.txt` file (one image path per line,
-    relative to the file; `#` starts a comment), or a single image file.
+    relative to the file; `#` starts a comment), or a single image file. `mme:FOLDER` (or
+    `mme:FOLDER:cat1,cat2`): the MME benchmark with its questions (`vlmflow.experiments.mme`).
+    `coco:ANNOTATIONS.json[:IMAGES_DIR]` and `coco-paper:...` (the paper's 81 images): COCO
+    images with their instance masks (`vlmflow.experiments.coco`).
     """
 
     key: str
     kind: str
     path: Path | None = None
     count: int | None = None
+    categories: tuple[str, ...] = ()  # mme: the chosen categories (empty: all)
 
     @classmethod
     def parse(cls, text: str) -> ImageSource:
         if text == SCENES or text.startswith(SCENES + ":"):
             return cls._scenes(text)
+        if text.startswith(MME + ":"):
+            from vlmflow.experiments.mme import parse_source
+
+            return parse_source(text)
+        if text.startswith(("coco:", "coco-paper:")):
+            from vlmflow.experiments.coco import CocoSource
+
+            return CocoSource.of(text)
         path = Path(text).expanduser()
         if path.is_dir():
             return cls(f"folder:{path.resolve()}", "folder", path.resolve())
@@ -63,7 +101,8 @@ class ImageSource:
         if path.is_file():
             return cls(f"file:{path.resolve()}", "file", path.resolve())
         raise VlmflowError(
-            f"image source {text!r} not found: give a folder, a .txt list, an image, or 'scenes'"
+            f"image source {text!r} not found: give a folder, a .txt list, an image, 'scenes',"
+            " coco:ANNOTATIONS.json or mme:FOLDER"
         )
 
     @classmethod
@@ -83,6 +122,10 @@ class ImageSource:
             from vlmflow.scenes.fixed import fixed_id
 
             return [ImageRef(fixed_id(i), scene_index=i) for i in range(self.count or 0)]
+        if self.kind == MME:
+            from vlmflow.experiments.mme import list_images
+
+            return list_images(self)
         assert self.path is not None
         if self.kind == "file":
             return [ImageRef(self.path.name, self.path)]

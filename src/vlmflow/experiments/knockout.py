@@ -76,6 +76,34 @@ def describe(
     return generation, (s.capture if capture is not None else None)
 
 
+def describe_variants(
+    handle: Handle,
+    prompt: Prompt,
+    max_new_tokens: int,
+    variants: Sequence[Sequence[Knockout]],
+    batch: int,
+) -> list[Generation]:
+    """Greedy descriptions of a one-row prompt under each variant (a knockout list), `batch`
+    variants per `generate_variants` call: the same tokens as `describe` per variant, one
+    shared prefill and one decode loop per batch. `batch` 1 runs them one by one."""
+    if batch <= 1:
+        return [describe(handle, prompt, max_new_tokens, v)[0] for v in variants]
+    from vlmflow.attention.batch import generate_variants
+
+    out: list[Generation] = []
+    for start in range(0, len(variants), batch):
+        run = generate_variants(handle, prompt, variants[start : start + batch], max_new_tokens)
+        for ids in run.ids:  # (new,)
+            text = handle.decode(ids.unsqueeze(0))[0]
+            out.append(Generation(tuple(int(i) for i in ids.tolist()), text))
+    return out
+
+
+def result_config(options: Any) -> dict[str, Any]:
+    """The options that decide results (the run id); `batch` only decides speed."""
+    return {k: v for k, v in asdict(options).items() if k != "batch"}
+
+
 def middle_window(num_layers: int) -> tuple[int, int]:
     """The middle quarter of the layers (at least one), 0-indexed and inclusive.
 
@@ -116,6 +144,13 @@ class ItemMemo:
             self._values[key] = compute()
         value: T = self._values[key]
         return value
+
+    def has(self, handle: Any, item: WorkItem, key: Any) -> bool:
+        scope = (id(handle), str(getattr(handle, "name", "")), item.item_id)
+        return scope == self._item and key in self._values
+
+    def put(self, handle: Any, item: WorkItem, key: Any, value: Any) -> None:
+        self.get(handle, item, key, lambda: value)
 
 
 class Judge:
@@ -236,8 +271,11 @@ class KnockoutConfig:
     prompt: str = DEFAULT_PROMPT
     judge: str = "offline"
     judge_cache: bool = True
+    batch: int = 8  # settings generated together (`generate_variants`); 1: one by one
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch {self.batch} must be at least 1")
         for name in self.settings:
             if name not in KNOCKOUTS:
                 raise ValueError(f"knockout {name!r} is not one of {', '.join(KNOCKOUTS)}")
@@ -336,7 +374,7 @@ class KnockoutSweep:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         opts = as_tuples(dict(options or {}), "settings", "scopes", "layers")
         self.options = parse_config(KnockoutConfig, opts, self.name)
-        self.config = asdict(self.options)
+        self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
         self._memo = ItemMemo()
 
@@ -347,7 +385,7 @@ class KnockoutSweep:
         depth = model if isinstance(model, int) else model_depth(model)
         options = {**asdict(self.options), "num_layers": depth}
         self.options = parse_config(KnockoutConfig, options, self.name)
-        self.config = asdict(self.options)
+        self.config = result_config(self.options)
 
     def items(self, source: ImageSource) -> Iterable[WorkItem]:
         return image_items(source)
@@ -373,6 +411,7 @@ class KnockoutSweep:
                 f"the config says num_layers={depth} but {handle.name} has {handle.num_layers}"
                 " layers: fix num_layers (it decides the sweep)"
             )
+        self._generate_pending(handle, item, context.pending or (setting,))
         baseline = self._baseline(handle, item)
         if setting == BASELINE:
             verdict = self.judge.compare(baseline.text, baseline.text)
@@ -413,6 +452,32 @@ class KnockoutSweep:
                 **verdict_payload(verdict),
             },
         )
+
+    def _generate_pending(self, handle: Handle, item: WorkItem, pending: Sequence[str]) -> None:
+        """Generate the baseline and the pending settings' descriptions not yet in memory, in
+        batches of `batch` (a failing batch fails this unit; the next unit tries again)."""
+        keys: list[Any] = []
+        variants: list[list[Knockout]] = []
+        if not self._memo.has(handle, item, BASELINE):
+            keys.append(BASELINE)
+            variants.append([])
+        for setting in pending:
+            if setting == BASELINE:
+                continue
+            parsed = KnockoutSetting.parse(setting)
+            knockout, layers = resolve_knockout(parsed.knockout, parsed.spec, handle.num_layers)
+            key = ("knockout", parsed.knockout, layers)
+            if key not in keys and not self._memo.has(handle, item, key):
+                keys.append(key)
+                variants.append([knockout])
+        if len(variants) < 2 or self.options.batch < 2:
+            return  # nothing to share: the unit generates its own description
+        prompt = self._prompt(handle, item)
+        generations = describe_variants(
+            handle, prompt, self.options.max_new_tokens, variants, self.options.batch
+        )
+        for key, generation in zip(keys, generations, strict=True):
+            self._memo.put(handle, item, key, generation)
 
     def _prompt(self, handle: Handle, item: WorkItem) -> Prompt:
         ref: ImageRef = item.payload["image"]

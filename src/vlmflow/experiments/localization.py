@@ -23,12 +23,14 @@ The peak is taken over the image tokens that have a place in the picture (the pa
 tile's cells map to the picture through the tile's box, so base views, crops and thumbnails
 are all scored against the same mask.
 
-Masks come from a `MaskSource`. `scene` (the only one built in) reads the exact masks of the
-shipped evaluation scenes (`--images scenes`). Other sources plug in with
-`register_mask_source(name, factory)`: COCO annotations (per image file, the union of the
-instance masks of the category the detail names) or a text-prompted segmenter (the detail's
-name as the prompt, as the paper does with Grounded-SAM) only have to return a boolean mask of
-the image for an object name, and the words that name it.
+Masks come from a `MaskSource`, chosen by the `masks` option. `auto` (default) follows the
+image source: `scene` for `--images scenes` (the exact masks of the shipped scenes), `coco` for
+`--images coco:...` (the union of the instance masks of the category the detail names,
+`vlmflow.experiments.coco`). `masks = "module:callable"` prompts your own text-prompted
+segmenter with the detail's name, as the paper does with Grounded-SAM
+(`vlmflow.experiments.segmenter`). Other sources plug in with
+`register_mask_source(name, factory)`: they only have to return a boolean mask of the image for
+an object name, and the words that name it.
 
 Setting id: `details`, one result per image.
 """
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from vlmflow.errors import VlmflowError
+from vlmflow.experiments.coco import CocoMasks, CocoSource
 from vlmflow.experiments.items import SCENES, ImageRef, ImageSource
 from vlmflow.experiments.knockout import (
     DEFAULT_PROMPT,
@@ -56,6 +59,7 @@ from vlmflow.experiments.knockout import (
     scene_vocabulary,
 )
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult
@@ -66,6 +70,7 @@ SETTING = "details"
 DETAILS = ("missed", "mentioned")
 TOKEN_STEPS = ("produced", "query")
 REACH = 1  # cells: "within one image-token distance" of the mask
+AUTO = "auto"  # masks: the source that fits the images
 
 
 # -- masks ----------------------------------------------------------------------------------
@@ -98,8 +103,8 @@ class SceneMasks:
     def check(self, source: ImageSource) -> None:
         if source.kind != SCENES:
             raise VlmflowError(
-                f"localization with masks=scene needs the scene world: use --images scenes "
-                f"(got {source.key}), or register a mask source for other images"
+                f"localization with masks=scene needs the scene world (got {source.key}): use "
+                "--images scenes, --images coco:ANNOTATIONS.json or masks = 'module:callable'"
             )
 
     def forms(self, name: str) -> tuple[str, ...]:
@@ -124,12 +129,21 @@ class SceneMasks:
         return np.logical_or.reduce([o.mask for o in objects])  # (H, W) every instance
 
 
-MASK_SOURCES: dict[str, Callable[[], MaskSource]] = {"scene": SceneMasks}
+MASK_SOURCES: dict[str, Callable[[], MaskSource]] = {"scene": SceneMasks, "coco": CocoMasks}
 
 
 def register_mask_source(name: str, factory: Callable[[], MaskSource]) -> None:
-    """Make `masks=name` available to `localization` (e.g. COCO or a segmenter)."""
+    """Make `masks=name` available to `localization` (e.g. another annotated dataset)."""
     MASK_SOURCES[name] = factory
+
+
+def mask_source(spec: str, images: ImageSource | None = None) -> MaskSource:
+    """The mask source `spec` names; `auto` picks by `images` (scene masks when unknown)."""
+    if spec == AUTO:
+        spec = "coco" if isinstance(images, CocoSource) else "scene"
+    if spec in MASK_SOURCES:
+        return MASK_SOURCES[spec]()
+    return SegmenterMasks(spec)
 
 
 # -- geometry -------------------------------------------------------------------------------
@@ -243,12 +257,13 @@ def mention_tokens(text: str, spans: Sequence[tuple[int, int]], forms: Iterable[
 class LocalizationConfig:
     """Options of `localization`.
 
-    `masks`: mask source (`scene`). `details`: `missed` (the paper's fine details) or
-    `mentioned`. `token_step`: `produced` or `query` (see the module doc). `window`: "A-B",
-    the layers averaged for the window map; default the middle quarter.
+    `masks`: `auto` (by image source), `scene`, `coco`, a registered name, or
+    `module:callable`, a segmenter (see the module doc). `details`: `missed` (the paper's fine
+    details) or `mentioned`. `token_step`: `produced` or `query` (see the module doc).
+    `window`: "A-B", the layers averaged for the window map; default the middle quarter.
     """
 
-    masks: str = "scene"
+    masks: str = AUTO
     details: str = "missed"
     token_step: str = "produced"
     window: str | None = None
@@ -258,8 +273,11 @@ class LocalizationConfig:
     judge_cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.masks not in MASK_SOURCES:
-            raise ValueError(f"masks {self.masks!r} is not one of {', '.join(MASK_SOURCES)}")
+        if self.masks != AUTO and self.masks not in MASK_SOURCES and not is_segmenter(self.masks):
+            raise ValueError(
+                f"masks {self.masks!r} is not one of {', '.join([AUTO, *MASK_SOURCES])} "
+                "or module:callable"
+            )
         if self.details not in DETAILS:
             raise ValueError(f"details {self.details!r} is not one of {', '.join(DETAILS)}")
         if self.token_step not in TOKEN_STEPS:
@@ -309,9 +327,11 @@ class Localization:
         self.options = parse_config(LocalizationConfig, options, self.name)
         self.config = asdict(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
-        self.masks = MASK_SOURCES[self.options.masks]()
+        self.masks = mask_source(self.options.masks)
 
     def items(self, source: ImageSource) -> Iterable[WorkItem]:
+        if self.options.masks == AUTO:
+            self.masks = mask_source(AUTO, source)
         self.masks.check(source)
         return image_items(source)
 

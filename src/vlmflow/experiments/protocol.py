@@ -41,7 +41,11 @@ class Result:
 
 @dataclass(frozen=True)
 class Context:
-    """Where a unit of work runs: its run, its place in the item and setting order, its rank."""
+    """Where a unit of work runs: its run, its place in the item and setting order, its rank.
+
+    `pending`: the settings of this item the run still has to do, this one first, so an
+    experiment can compute several of them in one batch and serve the rest from memory.
+    """
 
     run_id: str
     out_dir: Path
@@ -50,6 +54,7 @@ class Context:
     setting_index: int
     rank: int = 0
     world_size: int = 1
+    pending: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -46,6 +46,7 @@ class Unit:
     item_index: int
     setting: str
     setting_index: int
+    later: tuple[str, ...] = ()  # the item's pending settings after this one
 
     @property
     def key(self) -> ResultKey:
@@ -142,11 +143,15 @@ class Runner:
                 seen.add(item.item_id)
                 if not self.shard.owns(i):
                     continue
+                todo: list[tuple[int, str]] = []
                 for j, setting in enumerate(exp.settings(item)):
                     if (item.item_id, setting) in done:
                         skipped += 1
                     else:
-                        units.append(Unit(exp, run_id, item, i, setting, j))
+                        todo.append((j, setting))
+                names = tuple(setting for _, setting in todo)
+                for n, (j, setting) in enumerate(todo):
+                    units.append(Unit(exp, run_id, item, i, setting, j, names[n + 1 :]))
         return Plan(tuple(units), skipped, run_ids)
 
     def run(self) -> RunSummary:
@@ -184,6 +189,7 @@ class Runner:
             unit.setting_index,
             self.shard.rank,
             self.shard.world_size,
+            (unit.setting, *unit.later),
         )
         handle = self._handle_for(unit.experiment)  # a model that fails to load stops the run
         t0 = time.perf_counter()

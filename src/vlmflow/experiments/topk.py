@@ -24,7 +24,7 @@ Setting ids: `k=0.01`, `k=0.05`, ..., `k=1.0` (the configured fractions, in orde
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.experiments.items import ImageRef, ImageSource
@@ -36,7 +36,9 @@ from vlmflow.experiments.knockout import (
     Judge,
     as_tuples,
     describe,
+    describe_variants,
     image_items,
+    result_config,
     verdict_metrics,
     verdict_payload,
 )
@@ -64,8 +66,11 @@ class TopKConfig:
     prompt: str = DEFAULT_PROMPT
     judge: str = "offline"
     judge_cache: bool = True
+    batch: int = 8  # k values generated together (`generate_variants`); 1: one by one
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch {self.batch} must be at least 1")
         if not self.k:
             raise ValueError("k is empty: give at least one fraction of image tokens to keep")
         if any(not 0.0 <= float(k) <= 1.0 for k in self.k):
@@ -123,7 +128,7 @@ class TopK:
         if isinstance(opts.get("k"), tuple):
             opts["k"] = tuple(float(k) for k in opts["k"])
         self.options = parse_config(TopKConfig, opts, self.name)
-        self.config = asdict(self.options)
+        self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
         self._memo = ItemMemo()
         self._by_id = {setting_id(k): float(k) for k in self.options.k}
@@ -135,17 +140,22 @@ class TopK:
         return list(self._by_id)
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
-        from vlmflow.attention.knockout import Knockout
-
         k = self._by_id[setting]
         prompt = self._prompt(handle, item)
         baseline, ranking = self._memo.get(
             handle, item, "baseline", lambda: self._baseline(handle, prompt)
         )
-        blocked = ranking.blocked(k)
-        # nothing blocked (k = 1): no knockout, a plain generation that must equal the baseline
-        knockouts = [Knockout.key_set(blocked, tgt="generated")] if blocked else []
-        generation, _ = describe(handle, prompt, self.options.max_new_tokens, knockouts)
+        pending = [s for s in context.pending or (setting,) if s in self._by_id]
+        if setting not in pending:
+            pending.insert(0, setting)
+        if not self._memo.has(handle, item, ("k", setting)):
+            variants = [_knockouts(ranking, self._by_id[s]) for s in pending]
+            generations = describe_variants(
+                handle, prompt, self.options.max_new_tokens, variants, self.options.batch
+            )
+            for name, made in zip(pending, generations, strict=True):
+                self._memo.put(handle, item, ("k", name), made)
+        generation: Generation = self._memo.get(handle, item, ("k", setting), _missing)
         verdict = self.judge.compare(baseline.text, generation.text)
         n_image = len(ranking.positions)
         return Result(
@@ -176,3 +186,15 @@ class TopK:
         generation, result = describe(handle, prompt, self.options.max_new_tokens, (), capture)
         assert result is not None
         return generation, rank_image_tokens(result, prompt.layout.image_positions(0))
+
+
+def _knockouts(ranking: Ranking, k: float) -> list[Any]:
+    """The key-set knockout of fraction k; none when nothing is blocked (k = 1 is the baseline)."""
+    from vlmflow.attention.knockout import Knockout
+
+    blocked = ranking.blocked(k)
+    return [Knockout.key_set(blocked, tgt="generated")] if blocked else []
+
+
+def _missing() -> Generation:
+    raise RuntimeError("the batch did not generate this setting")

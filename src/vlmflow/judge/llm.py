@@ -3,43 +3,34 @@
 Settings come from arguments, else the environment: `VLMFLOW_JUDGE_BASE_URL` (or
 `OPENAI_BASE_URL`, default the OpenAI API), `VLMFLOW_JUDGE_MODEL` (default `gpt-4o`) and
 `VLMFLOW_JUDGE_API_KEY` (or `OPENAI_API_KEY`; required only for the OpenAI API itself, local
-servers take none). Transient failures (timeouts, refused connections, HTTP 429 / 5xx) are retried
-with exponential backoff; a reply that is not the JSON asked for raises `JudgeReplyError`, so a
-sweep records it as a failure instead of counting zeros.
+servers take none). The transport is `vlmflow.chat`, shared with re-prompting: transient failures
+(timeouts, refused connections, HTTP 429 / 5xx) are retried with exponential backoff; a reply
+that is not the JSON asked for raises `JudgeReplyError`, so a sweep records it as a failure
+instead of counting zeros.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlparse
 
+from vlmflow.chat import OPENAI_BASE_URL, ChatClient, ChatReplyError, ChatSettings, Fixes
 from vlmflow.errors import VlmflowError
 from vlmflow.judge import prompts
 from vlmflow.judge.protocol import Backend, JudgeReplyError, Match, Verdict
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_BASE_URL = OPENAI_BASE_URL
 DEFAULT_MODEL = "gpt-4o"
 
 
 @dataclass(frozen=True)
-class LlmSettings:
-    """Where and how to ask: endpoint, model, key, and the patience for a slow or flaky server."""
+class LlmSettings(ChatSettings):
+    """The judge's endpoint settings; `from_env` fills them from the judge's environment."""
 
-    base_url: str = DEFAULT_BASE_URL
     model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    timeout: float = 120.0
-    retries: int = 3
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
-    json_mode: bool = True  # ask for response_format=json_object (dropped if the server refuses)
-    max_tokens: int = 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> LlmSettings:
@@ -56,9 +47,13 @@ class LlmSettings:
         settings = cls(**values)
         return replace(settings, base_url=settings.base_url.rstrip("/"))
 
-    @property
-    def needs_key(self) -> bool:
-        return urlparse(self.base_url).hostname == "api.openai.com"
+
+JUDGE_FIXES = Fixes(
+    endpoint="judge endpoint",
+    url="VLMFLOW_JUDGE_BASE_URL (or --base-url)",
+    key="VLMFLOW_JUDGE_API_KEY",
+    model="VLMFLOW_JUDGE_MODEL",
+)
 
 
 class LlmJudge(Backend):
@@ -76,7 +71,7 @@ class LlmJudge(Backend):
                 "local server"
             )
         self.model = self.settings.model
-        self._json_mode = self.settings.json_mode
+        self._client = ChatClient(self.settings, JUDGE_FIXES)
         self.last_raw = ""
 
     # ------------------------------------------------------------------ protocol
@@ -94,72 +89,12 @@ class LlmJudge(Backend):
     # ------------------------------------------------------------------ transport
 
     def chat(self, messages: list[dict[str, str]]) -> str:
-        """The assistant's reply text; retries transient failures with exponential backoff."""
-        s = self.settings
-        url = f"{s.base_url}/chat/completions"
-        last_error = ""
-        for attempt in range(s.retries + 1):
-            if attempt:
-                time.sleep(s.backoff * 2 ** (attempt - 1))
-            body: dict[str, Any] = {
-                "model": s.model,
-                "messages": messages,
-                "temperature": 0,
-                "max_tokens": s.max_tokens,
-            }
-            if self._json_mode:
-                body["response_format"] = {"type": "json_object"}
-            try:
-                reply = self._post(url, body)
-            except urllib.error.HTTPError as err:
-                detail = _read_error(err)
-                if err.code == 400 and self._json_mode and "response_format" in detail:
-                    self._json_mode = False  # the server has no JSON mode: ask in words only
-                    continue
-                if err.code == 429 or err.code >= 500:
-                    last_error = f"HTTP {err.code} {detail[:200]}"
-                    continue
-                hint = " (check VLMFLOW_JUDGE_API_KEY)" if err.code in (401, 403) else ""
-                hint = hint or (" (check VLMFLOW_JUDGE_MODEL)" if err.code == 404 else "")
-                raise VlmflowError(
-                    f"judge endpoint {url} answered HTTP {err.code}: {detail[:200]}{hint}"
-                ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                reason = getattr(err, "reason", err)
-                last_error = f"{type(reason).__name__}: {reason}"
-                continue
-            try:
-                content = reply["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                raw = json.dumps(reply)[:2000]
-                raise JudgeReplyError("reply has no choices[0].message.content", raw) from None
-            self.last_raw = content if isinstance(content, str) else json.dumps(content)
-            return self.last_raw
-        raise VlmflowError(
-            f"cannot reach judge endpoint {url} after {s.retries + 1} attempts ({last_error}); "
-            "check VLMFLOW_JUDGE_BASE_URL (or --base-url) and that the server is running"
-        )
-
-    def _post(self, url: str, body: dict[str, Any]) -> Any:
-        headers = {"Content-Type": "application/json"}
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
-        request = urllib.request.Request(
-            url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
-            data = response.read()
+        """The assistant's reply text (`vlmflow.chat`: retries, JSON-mode fallback, errors)."""
         try:
-            return json.loads(data)
-        except json.JSONDecodeError:
-            raise JudgeReplyError("endpoint answered non-JSON", data[:2000].decode()) from None
-
-
-def _read_error(err: urllib.error.HTTPError) -> str:
-    try:
-        return err.read().decode("utf-8", "replace").strip().replace("\n", " ")
-    except Exception:
-        return str(err.reason)
+            self.last_raw = self._client.chat(messages)
+        except ChatReplyError as err:
+            raise JudgeReplyError(str(err), err.raw) from None
+        return self.last_raw
 
 
 def extract_json(raw: str) -> dict[str, Any]:

@@ -565,17 +565,17 @@ def reprompt(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
             line += [c.get(f"acc.{category}"), c.get(f"acc+.{category}")]
         line += [c["acc"], c["acc+"], c["tokens"]]
         table_rows.append(line)
-    scenes = len({r.item for r in rows})
+    images = len({r.item for r in rows})
     return [
         table(columns, table_rows, digits=1),
         paragraph(
-            f"Yes/no questions of {scenes} scenes, one yes and one no per category. ACC: share "
-            "of questions answered correctly; ACC+: share of scenes where both questions of a "
-            "category are right; tokens: positions the answer was computed from (for the "
-            "compressed contexts, the kept prompt plus the question). Rows: naive (full image "
-            "prompt per question), describe-to-llm (the model's description, text only), k= "
-            "(compressed context with the top-k image tokens), query-only, k-only= (no query "
-            "tokens).",
+            f"Yes/no questions of {images} images ({run.source}), one yes and one no per "
+            "category. ACC: share of questions answered correctly; ACC+: share of images where "
+            "both questions of a category are right; tokens: positions the answer was computed "
+            "from (for the compressed contexts, the kept prompt plus the question). Rows: naive "
+            "(full image prompt per question), describe-to-llm (the model's description, text "
+            "only, to its own LLM, or @ an external chat model), k= (compressed context with "
+            "the top-k image tokens), query-only, k-only= (no query tokens).",
             "muted",
         ),
     ]
