@@ -21,6 +21,7 @@ from vlmflow.store.results import ResultKey, Row
 NAMES = ("fractions", "histogram", "maps")
 OPTIONS = {"max_new_tokens": 4}
 SIZE = 16
+TOKEN_SIZE = 8
 
 
 def _images(folder: Path) -> ImageSource:
@@ -40,6 +41,7 @@ class Stored:
 
     rows: dict[str, list[Row]]
     maps: dict[str, np.ndarray]  # item -> maps blob
+    token_maps: dict[str, np.ndarray]  # item -> maps' per-token blob
     steps: dict[str, np.ndarray]  # item -> fractions' per-step blob
 
 
@@ -47,7 +49,7 @@ def _run(tmp_path: Path, handle: Any) -> Stored:
     experiments = [
         create("fractions", {**OPTIONS, "per_step": True}),
         create("histogram", OPTIONS),
-        create("maps", {**OPTIONS, "size": SIZE}),
+        create("maps", {**OPTIONS, "size": SIZE, "token_size": TOKEN_SIZE}),
     ]
     with ResultStore.open(tmp_path / "out") as store:
         summary = Runner(
@@ -70,7 +72,12 @@ def _run(tmp_path: Path, handle: Any) -> Stored:
                 for r in rows[experiment]
             }
 
-        return Stored(rows, blobs("maps", "maps"), blobs("fractions", "steps"))
+        return Stored(
+            rows,
+            blobs("maps", "maps"),
+            blobs("maps", "token_maps"),
+            blobs("fractions", "steps"),
+        )
 
 
 @pytest.mark.parametrize(("family", "views"), [("llava", 1), ("internvl", 2)])
@@ -117,6 +124,16 @@ def test_capture_experiments_through_the_runner(
         expected = np.array([image_share[(row.item, layer)] for layer in p["layers"]])
         np.testing.assert_allclose(total, expected, rtol=2e-3, atol=5e-5)
         np.testing.assert_allclose(p["image_share"], expected, atol=1e-4)
+        # each generated query's own maps: their mean over queries carries the averaged mass
+        tokens = out.token_maps[row.item].astype(np.float64)
+        assert tokens.shape == (p["queries"], handle.num_layers, n_views, TOKEN_SIZE, TOKEN_SIZE)
+        assert len(p["tokens"]) == p["queries"] and all(isinstance(t, str) for t in p["tokens"])
+        np.testing.assert_allclose(
+            tokens.mean(axis=0).sum(axis=(2, 3)),
+            maps.astype(np.float64).sum(axis=(2, 3)),
+            rtol=5e-3,
+            atol=1e-4,
+        )
         if family == "llava":
             assert p["separator_share"] == [0.0] * handle.num_layers  # no separators
     assert max(seen_views) == views

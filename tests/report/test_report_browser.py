@@ -86,6 +86,26 @@ def test_report_opens_offline_and_the_viewer_responds(browser: Any, report_path:
     page.keyboard.press("ArrowRight")
     assert label.inner_text().startswith("layer 1 ")
 
+    # generated tokens: the slider and a click on a token of the text pick the same map
+    token_label = page.locator("#viewer-token-label")
+    assert token_label.inner_text().startswith("all tokens")
+    assert page.locator("#viewer-text .tok-on").count() == 0
+    average = drawn()
+    page.locator("#viewer-token").focus()
+    page.keyboard.press("ArrowRight")
+    assert token_label.inner_text().startswith("token 1 of ")
+    first_token = drawn()
+    assert first_token != average
+    marked = page.locator("#viewer-text .tok-on")
+    assert marked.count() == 1 and marked.get_attribute("title", timeout=1000).startswith(
+        "token 1 of "
+    )
+    page.locator("#viewer-text .tok").nth(1).click()
+    assert token_label.inner_text().startswith("token 2 of ")
+    assert page.locator("#viewer-token").input_value() == "2"
+    page.locator("#viewer-text .tok").nth(1).click()  # a second click goes back to the average
+    assert token_label.inner_text().startswith("all tokens") and drawn() == average
+
     text = page.locator("#viewer-text").inner_text()
     options = page.locator("#viewer-image option").count()
     assert options == 2

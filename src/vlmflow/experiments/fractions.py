@@ -62,9 +62,13 @@ class Described:
     """One image described greedily under capture (batch of one prompt)."""
 
     text: str
-    generated_tokens: int
+    ids: tuple[int, ...]  # the generated token ids
     layout: PromptLayout
     capture: CaptureResult
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.ids)
 
     @property
     def span(self) -> ImageSpan:
@@ -104,7 +108,8 @@ def describe(handle: Any, item: WorkItem, options: DescribeConfig, capture: Capt
             f"{item.item_id}: the description ended after its first token, so no generated "
             "token attended to anything: nothing to measure for this image"
         )
-    return Described(handle.decode(ids)[0], int(ids.shape[1]), prompt.layout, result)
+    generated = tuple(int(i) for i in ids[0].tolist())
+    return Described(handle.decode(ids)[0], generated, prompt.layout, result)
 
 
 def measured_layers(options: DescribeConfig, handle: Any) -> list[int]:

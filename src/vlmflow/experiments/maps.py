@@ -44,16 +44,24 @@ DETAIL_KINDS = frozenset({"tile", "grid"})  # the other kinds show the whole pic
 class MapsConfig(DescribeConfig):
     """`size`: side of the square canvas (blob bytes = layers x views x size^2 x 2, e.g. 32 x 2 x
     24^2 x 2 = 74 KB); `split_views`: draw whole-image and detail views of tiled families on
-    separate canvases (else one combined canvas, `all`).
+    separate canvases (else one combined canvas, `all`); `per_token`: also keep each generated
+    token's own maps, on a `token_size` canvas (bytes = tokens x layers x views x token_size^2
+    x 2, e.g. 64 x 30 x 1 x 12^2 x 2 = 553 KB), for the viewer's step through the tokens.
     """
 
     size: int = 24
     split_views: bool = True
+    per_token: bool = True
+    token_size: int = 12
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.size, int) or not 1 <= self.size <= 512:
-            raise ValueError(f"size must be an integer in 1..512, got {self.size!r}")
+        for name in ("size", "token_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 512:
+                raise ValueError(f"{name} must be an integer in 1..512, got {value!r}")
+        if not isinstance(self.per_token, bool):
+            raise ValueError(f"per_token must be true or false, got {self.per_token!r}")
 
 
 def view_of(tile: Tile) -> str:
@@ -124,6 +132,10 @@ class Maps(DescribeExperiment):
                layer, [y, x] canvas pixel of the combined map's maximum; `tiles`: the layout
                used ([{kind, view, rows, cols, box}], box = (x0, y0, x1, y1) fractions of the
                image); `image_size`: original (width, height); `queries`; `text`.
+               With `per_token`: blob `token_maps`: (queries, layers, views, token_size,
+               token_size) float16, the same maps for each generated query alone (their mean
+               over queries is `maps` on the smaller canvas), and payload `tokens`: each
+               query's token text (query i is generated token i, attending to predict i + 1).
       metrics  `generated_tokens`, `image_tokens`, `separator_tokens`.
     """
 
@@ -133,12 +145,26 @@ class Maps(DescribeExperiment):
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
         options = self.options
         described, layers = self.describe_image_rows(handle, item)
-        rows = np.stack(
-            [described.generated_rows(layer).mean(dim=0).numpy() for layer in layers]
-        )  # (L, n_image)
+        per_query = np.stack(
+            [described.generated_rows(layer).numpy() for layer in layers], axis=1
+        )  # (Q, L, n_image)
+        rows = per_query.mean(axis=0)  # (L, n_image)
         positions = described.capture.image_positions[0].tolist()  # (n_image,)
         span = described.span
         out = render(rows, positions, span, options.size, options.split_views)
+        blobs = {"maps": out.maps.astype(np.float16)}
+        extra: dict[str, Any] = {}
+        if options.per_token:
+            q, n_layers, n = per_query.shape
+            flat = render(
+                per_query.reshape(q * n_layers, n),
+                positions,
+                span,
+                options.token_size,
+                options.split_views,
+            ).maps  # (Q * L, V, T, T)
+            blobs["token_maps"] = flat.reshape(q, n_layers, *flat.shape[1:]).astype(np.float16)
+            extra["tokens"] = handle.token_texts(described.ids[:q])
         combined = out.maps.sum(axis=1)  # (L, S, S)
         flat_peaks = combined.reshape(len(layers), -1).argmax(axis=1)
         tiles = [
@@ -162,6 +188,7 @@ class Maps(DescribeExperiment):
                 "image_size": list(span.size) if span.size else None,
                 "queries": described.queries,
                 "text": described.text,
+                **extra,
             },
-            blobs={"maps": out.maps.astype(np.float16)},
+            blobs=blobs,
         )

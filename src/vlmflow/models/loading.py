@@ -106,6 +106,22 @@ class Handle:
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token's own text (leading spaces kept, special tokens as written), so that
+        joined they read as the decoded sequence: labels for per-token views."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        pieces, before = [], ""
+        for n in range(1, len(ids) + 1):
+            # decoding alone drops a SentencePiece token's leading space: take the difference
+            text = str(tokenizer.decode([int(i) for i in ids[:n]], skip_special_tokens=False))
+            pieces.append(
+                text[len(before) :]
+                if text.startswith(before)
+                else str(tokenizer.decode([int(ids[n - 1])], skip_special_tokens=False))
+            )
+            before = text
+        return pieces
+
 
 def _image_inputs(inputs: Any, per_row: list[list[Any]]) -> list[list[ImageInput]]:
     """Per-row `ImageInput`s from what the processor returned."""

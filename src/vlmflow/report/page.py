@@ -52,6 +52,9 @@ code { font-size: .9em; }
 .viewer-layer-label { font-size: 1.2rem; font-weight: 600; margin: .4rem 0; }
 .viewer-text { background: var(--soft); padding: .5rem .7rem; border-radius: 4px;
                white-space: pre-wrap; }
+.viewer-text .tok { cursor: pointer; border-radius: 2px; }
+.viewer-text .tok:hover { outline: 1px solid var(--line); }
+.viewer-text .tok-on { background: #ffd54f; }
 .shares { display: flex; height: 14px; width: 100%; border-radius: 3px; overflow: hidden;
           margin: .3rem 0; background: var(--line); }
 .shares span { display: block; height: 100%; }

@@ -18,7 +18,13 @@ from vlmflow.report import figures as fig
 from vlmflow.report.figures import Figures, Stat
 from vlmflow.report.page import Column, collapsed, esc, number, paragraph, table
 from vlmflow.report.pictures import Pictures, thumbnail
-from vlmflow.report.viewer import MAX_IMAGES, ROLE_ORDER, ViewerImage, viewer_html
+from vlmflow.report.viewer import (
+    MAX_IMAGES,
+    MAX_TOKEN_IMAGES,
+    ROLE_ORDER,
+    ViewerImage,
+    viewer_html,
+)
 from vlmflow.store import Failure, ResultKey, ResultStore, Row, RunInfo
 
 # paper order: Fig. 1, Fig. 2, Fig. 4, Fig. 6-7, Fig. 8, Fig. 9, Table 1
@@ -310,6 +316,10 @@ def maps(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
         )
         if len(ctx.viewer) < MAX_IMAGES:
             blob = next(b for row, b in loaded if row is r)
+            token_maps = None
+            if len(ctx.viewer) < MAX_TOKEN_IMAGES and "token_maps" in r.blobs and p.get("tokens"):
+                key = ResultKey(r.run_id, r.experiment, r.item, r.setting)
+                token_maps = ctx.store.blob(key, "token_maps")  # (Q, L, V, T, T)
             image = ViewerImage(
                 label=r.item,
                 layers=list(p["layers"]),
@@ -322,6 +332,8 @@ def maps(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
                 image_share=list(p["image_share"]),
                 separator_share=list(p["separator_share"]),
                 shares=None,
+                tokens=list(p["tokens"]) if token_maps is not None else None,
+                token_maps=token_maps,
             )
             ctx.viewer.append((run, image))
         else:
