@@ -39,6 +39,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--align-steps", type=int, default=d.align_steps, help="grounding-only steps first"
     )
     p.add_argument("--steps", type=int, default=d.steps, help="steps through the language model")
+    p.add_argument(
+        "--focus-steps",
+        type=int,
+        default=d.focus_steps,
+        help="then question-heavy steps (may extend a finished run in the same --state)",
+    )
+    p.add_argument("--focus-caption-fraction", type=float, default=d.focus_caption_fraction)
+    p.add_argument(
+        "--focus-weights",
+        default=",".join(f"{w:g}" for w in d.focus_weights),
+        help="sampling weights of existence,count,position,category questions when focusing",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -92,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         lora_rank=args.lora_rank,
         grounding_weight=args.grounding_weight,
         position_weight=args.position_weight,
+        focus_steps=args.focus_steps,
+        focus_caption_fraction=args.focus_caption_fraction,
+        focus_weights=_weights(args.focus_weights),
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -160,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval != "none":
         run_eval(trainer, args, args.eval)
     return 0
+
+
+def _weights(text: str) -> tuple[float, float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 4 or min(parts) < 0 or sum(parts) <= 0:
+        raise SystemExit(f"--focus-weights needs four weights >= 0, e.g. 1,2,3,1; got {text!r}")
+    return (parts[0], parts[1], parts[2], parts[3])
 
 
 def _remaining_seconds(history: list[dict[str, float]], config: Any) -> float:

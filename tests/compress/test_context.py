@@ -67,11 +67,11 @@ def test_pruned_context_keeps_the_top_image_tokens(family, tiny_path, photo, tmp
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "idefics3"])
 def test_saved_context_answers_identically(family, tiny_path, photo, tmp_path):
     handle = vlmflow.load(str(tiny_path(family)))
-    context = compress(handle, photo, k=0.25, max_new_tokens=8)
+    context = compress(handle, photo, k=0.25, max_new_tokens=8, rank="max")
     path = tmp_path / "context.safetensors"
     context.save(path)
     again = load_context(path, handle)
-    assert again.kept == context.kept
+    assert again.kept == context.kept and again.rank == "max"
     for question in QUESTIONS:
         assert again.ask(question, max_new_tokens=8).ids == context.ask(question, 8).ids
 
@@ -116,3 +116,32 @@ def test_a_custom_first_prompt_still_takes_questions(tiny_path, photo):
     context = compress(handle, photo, k=1.0, prompt="What is in this picture ?", max_new_tokens=4)
     answer = context.ask(QUESTIONS[0], max_new_tokens=4)
     assert 0 < len(answer.ids) <= 4
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_rankings_aggregate_the_generated_tokens_attention(family, tiny_path, photo):
+    """`sum` / `max` scores are the total / largest attention each image token got from a
+    generated token (captured independently), and the kept tokens are the top ones by them."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    capture = vlmflow.Capture.of(fractions=False, image_layers="all", dtype="float32")
+    with vlmflow.session(handle, prompt, capture=capture) as s:
+        s.generate(max_new_tokens=8)
+    rows = [s.capture.image_rows[layer][1:, 0] for layer in range(handle.num_layers)]
+    image_positions = s.capture.image_positions[0].tolist()
+    contexts = {
+        rank: compress(handle, photo, k=0.25, max_new_tokens=8, rank=rank)
+        for rank in ("sum", "max")
+    }
+    for layer, r in enumerate(rows):  # r: (generated, n_image)
+        torch.testing.assert_close(contexts["sum"].scores[layer], r.sum(0))
+        torch.testing.assert_close(contexts["max"].scores[layer], r.max(0).values)
+        for rank, context in contexts.items():
+            n_keep = round(0.25 * len(image_positions))
+            top = torch.topk(context.scores[layer], n_keep).indices.tolist()
+            kept = [p for p in context.kept[layer] if p in set(image_positions)]
+            assert kept == sorted(image_positions[i] for i in top), (rank, layer)
+    assert contexts["max"].kept != contexts["sum"].kept  # the two rankings keep other tokens
+    assert contexts["max"].rank == "max"
+    with pytest.raises(vlmflow.VlmflowError, match="rank"):
+        compress(handle, photo, k=0.25, rank="mean")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from vlmflow.default_model import training as tr
+from vlmflow.errors import VlmflowError
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +140,45 @@ def test_resume_continues_exactly(tmp_path: Path, scenes: list[Any], tiny_parts:
     assert any(not torch.equal(expected[k], moved[k]) for k in expected)  # training did something
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+
+def test_focus_phase_extends_a_finished_run(
+    tmp_path: Path, scenes: list[Any], tiny_parts: Any
+) -> None:
+    """A finished two-phase state continues into a focus phase; other changes are refused."""
+    from collections import Counter
+
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    base = tr.TrainConfig(batch_size=4, scenes=6, align_steps=1, steps=1, warmup=1)
+    finished = tr.Trainer(base, cache, tiny_parts)
+    for _ in range(base.total_steps):
+        finished.train_step()
+    finished.save(tmp_path / "checkpoint.pt", history=[])
+
+    weights = (0.0, 0.0, 1.0, 0.0)  # position questions only
+    focus = replace(base, focus_steps=2, focus_caption_fraction=0.25, focus_weights=weights)
+    extended = tr.Trainer(focus, cache, tiny_parts)
+    extended.load(tmp_path / "checkpoint.pt")
+    assert extended.step == base.total_steps and focus.total_steps == base.total_steps + 2
+    before = _params(extended)
+    while extended.step < focus.total_steps:
+        extended.train_step()
+    assert any(not torch.equal(before[k], v) for k, v in _params(extended).items())
+
+    categories: Counter[str] = Counter()
+    for step in range(focus.steps, focus.steps + 30):  # language-model steps of the focus phase
+        batch = tr.examples_for_step(cache, focus, step)
+        assert batch[0].question == tr.CAPTION_PROMPT  # 1 of 4 slots describes
+        for example in batch[1:]:
+            record = cache.scenes[example.scene]
+            categories.update(c for t, _, c in record["questions"] if t == example.question)
+    assert set(categories) == {"position"}
+    assert tr.examples_for_step(cache, focus, 0) == tr.examples_for_step(cache, base, 0)
+
+    other = tr.Trainer(replace(focus, lr_lora=1e-4), cache, tiny_parts)
+    with pytest.raises(VlmflowError, match="other settings"):
+        other.load(tmp_path / "checkpoint.pt")
 
 
 def test_training_prompt_matches_the_processor(checkpoint: Path) -> None:

@@ -11,6 +11,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
     parser.add_argument("--question", action="append", required=True, help="repeatable")
     parser.add_argument("--k", type=float, default=0.05, help="fraction of image tokens kept")
+    parser.add_argument(
+        "--rank",
+        choices=("sum", "max"),
+        default="sum",
+        help="rank image tokens by the total (sum) or the largest (max) attention a generated "
+        "token gave them",
+    )
     parser.add_argument("--model", default="vlmflow-tiny")
     parser.add_argument("--prompt", default="Describe the image.", help="the first prompt")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="per answer")
@@ -29,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.context:
         context = load_context(args.context, handle)
     else:
-        context = compress(handle, args.image, k=args.k, prompt=args.prompt)
+        context = compress(handle, args.image, k=args.k, prompt=args.prompt, rank=args.rank)
     built = time.perf_counter() - start
     if args.save:
         context.save(args.save)
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                         "full_tokens": answer.full_tokens,
                         "seconds": round(answer.seconds, 4),
                         "k": context.k,
+                        "rank": context.rank,
                     }
                 )
             )

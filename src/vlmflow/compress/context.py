@@ -5,6 +5,14 @@ prompt's prefix (attention sinks, BOS), its query tokens, and per layer the top-
 image tokens by the attention they received from the generated description. Cached keys already
 carry their rotary positions, so follow-up tokens continue at the original sequence length (for
 M-RoPE at the original next position of all three axes), and the image is never read again.
+
+Ranking (`rank`): an image token's score in a layer is the attention it got from the generated
+tokens (heads averaged), aggregated over those tokens by `sum` (total attention received) or
+`max` (the most any one generated token gave it). Summing favours image tokens that every
+generated token visits a little, which in early layers are background "sink" tokens; the
+maximum keeps the tokens some word actually looked at. On vlmflow-tiny's fixed scenes, 13 of
+256 tokens per layer, the share of kept tokens that lie on an object is 0.65 by sum and 0.76
+by max (chance 0.24); README's Table 1 gives both rankings' answers.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import torch
 from vlmflow.errors import VlmflowError
 from vlmflow.models.loading import DEFAULT_PROMPT, Handle, ImageLike
 from vlmflow.roles import Role
+
+RANKINGS = ("sum", "max")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class CompressedContext:
     # kept so that smaller contexts can be cut from a larger one without describing again
     scores: list[torch.Tensor] | None = None
     image_positions: list[int] | None = None
+    rank: str = "sum"  # how `scores` aggregate the generated tokens' attention (RANKINGS)
 
     @property
     def context_tokens(self) -> int:
@@ -185,12 +196,16 @@ def compress(
     k: float = 0.05,
     prompt: str = DEFAULT_PROMPT,
     max_new_tokens: int = 64,
+    rank: str = "sum",
 ) -> CompressedContext:
-    """Describe `image` once, rank image tokens per layer, keep the top `k` of them."""
+    """Describe `image` once, rank image tokens per layer (`rank`: module docstring), keep the
+    top `k` of them."""
     import vlmflow
 
     if not 0.0 <= k <= 1.0:
         raise VlmflowError(f"k={k} is not a fraction: give 0 <= k <= 1 (0.05 keeps 5%)")
+    if rank not in RANKINGS:
+        raise VlmflowError(f"rank={rank!r} is unknown: use one of {', '.join(RANKINGS)}")
     context_text = _context_text(handle, prompt)
     batch = handle.prepare(image, prompt)
     layout = batch.layout
@@ -215,7 +230,8 @@ def compress(
     keys, values, kept, scores = [], [], [], []
     for layer, (lk, lv, *_) in enumerate(out.past_key_values):
         # attention from generated tokens (steps >= 1: their queries are generated positions)
-        score = result.image_rows[layer][1:, 0].sum(0)  # (n_image,)
+        rows = result.image_rows[layer][1:, 0]  # (generated, n_image)
+        score = rows.sum(0) if rank == "sum" else rows.max(0).values  # (n_image,)
         top = torch.topk(score, n_keep).indices if n_keep else torch.empty(0, dtype=torch.long)
         positions = sorted(always + image_pos[top].tolist())
         index = torch.tensor(positions, device=lk.device)
@@ -235,6 +251,7 @@ def compress(
         description=handle.decode(generated)[0],
         scores=scores,
         image_positions=image_pos.tolist(),
+        rank=rank,
     )
 
 

@@ -41,6 +41,7 @@ def save_context(context: CompressedContext, path: Any) -> None:
         "model": fingerprint(context.handle),
         "model_name": context.handle.name,
         "k": str(context.k),
+        "rank": context.rank,
         "full_tokens": str(context.full_tokens),
         "kept": json.dumps(context.kept),
         "context_text": context.context_text,
@@ -96,6 +97,7 @@ def load_context(path: Any, handle: Handle) -> CompressedContext:
             k=float(meta["k"]),
             context_text=meta["context_text"],
             description=meta["description"],
+            rank=meta.get("rank", "sum"),
         )
     except (KeyError, ValueError) as err:
         raise VlmflowError(f"{file} is incomplete ({err}): compress the image again") from None

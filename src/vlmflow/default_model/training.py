@@ -11,6 +11,9 @@ Why it is built this way (measured on 2 CPU cores):
   through the 49k-word output layer;
 - a first, cheap phase trains the grounding and position losses alone (no language-model
   pass, ~0.2 s a step), so the expensive phase starts from tokens already near the words;
+- an optional third, *focus* phase (its own warm-up and decay) draws most batch slots from the
+  yes/no questions, weighted by category towards the weak ones (position, count); it can extend
+  a finished run, since everything before it is unchanged;
 - batches are a pure function of (seed, step), and state is saved atomically every few steps,
   so a killed run resumes exactly where it stopped.
 """
@@ -23,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +67,26 @@ class TrainConfig:
     background_weight: float = 0.2
     temperature: float = 0.07
     cell_threshold: float = 0.2  # an image cell belongs to an object covering this fraction
+    focus_steps: int = 0  # third phase: question-heavy steps through the language model
+    focus_caption_fraction: float = 0.25
+    # sampling weight of each question category in the focus phase (QUESTION_CATEGORIES order:
+    # existence, count, position, category)
+    focus_weights: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 1.0)
 
     @property
     def total_steps(self) -> int:
+        return self.align_steps + self.steps + self.focus_steps
+
+    @property
+    def focus_start(self) -> int:
         return self.align_steps + self.steps
+
+    def extends(self, earlier: TrainConfig) -> bool:
+        """Whether a run with these settings may continue a state saved with `earlier`: equal,
+        or equal up to a focus phase that `earlier` did not have."""
+        focus = ("focus_steps", "focus_caption_fraction", "focus_weights")
+        same_base = replace(self, **{f: getattr(earlier, f) for f in focus}) == earlier
+        return self == earlier or (same_base and earlier.focus_steps == 0)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +94,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "focus_weights" in values:
+            values["focus_weights"] = tuple(values["focus_weights"])
+        return cls(**values)
 
 
 # ----------------------------------------------------------------------------- features
@@ -290,20 +312,32 @@ class Example:
 
 
 def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
-    """The batch of a step: a pure function of (seed, step), so resuming repeats nothing."""
+    """The batch of language-model step `step` (counted from the end of the alignment phase):
+    a pure function of (seed, step), so resuming repeats nothing."""
+    from vlmflow.scenes import QUESTION_CATEGORIES
+
     per_epoch = len(cache) // config.batch_size
     epoch, slot = divmod(step, per_epoch)
     order = np.random.default_rng([config.seed, epoch]).permutation(len(cache))
     picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
     rng = np.random.default_rng([config.seed, step, 1])
+    focus = step >= config.steps
+    captions = config.focus_caption_fraction if focus else config.caption_fraction
+    weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
     out = []
     for i, index in enumerate(picks):
         record = cache.scenes[int(index)]
-        if i < round(config.caption_fraction * config.batch_size):
+        if i < round(captions * config.batch_size):
             out.append(Example(int(index), CAPTION_PROMPT, record["description"]))
+            continue
+        questions = record["questions"]
+        if focus:
+            odds = np.array([weight[category] for _, _, category in questions], dtype=np.float64)
+            pick = int(rng.choice(len(questions), p=odds / odds.sum()))
         else:
-            text, answer, _ = record["questions"][int(rng.integers(len(record["questions"])))]
-            out.append(Example(int(index), text, ANSWERS[answer]))
+            pick = int(rng.integers(len(questions)))
+        text, answer, _ = questions[pick]
+        out.append(Example(int(index), text, ANSWERS[answer]))
     return out
 
 
@@ -467,9 +501,10 @@ class Trainer:
 
     def load(self, path: Path) -> list[dict[str, float]]:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if TrainConfig.from_json(state["config"]) != self.config:
+        if not self.config.extends(TrainConfig.from_json(state["config"])):
             raise VlmflowError(
-                f"{path} was written with other settings: use the same flags or a new --state"
+                f"{path} was written with other settings: use the same flags (a finished run "
+                "may add --focus-steps) or a new --state"
             )
         trainable = state["trainable"]
         self.projector.load_state_dict(trainable["projector"])
@@ -490,10 +525,13 @@ class Trainer:
         cfg = self.config
         if step < cfg.align_steps:
             return min(1.0, (step + 1) / cfg.warmup)
+        length = cfg.steps
         step -= cfg.align_steps
+        if step >= cfg.steps:  # the focus phase starts its own schedule
+            step, length = step - cfg.steps, cfg.focus_steps
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        progress = (step - cfg.warmup) / max(1, length - cfg.warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def image_embeddings(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

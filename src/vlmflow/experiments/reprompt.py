@@ -7,7 +7,8 @@ Rows (settings), each answering every question of an image:
   model (the paper's "Describe-to-LLM"). With `llm_model` set the row is
   `describe-to-llm@<llm_model>` instead: the same text to an OpenAI-compatible chat endpoint
   (`llm_url`, default the OpenAI API; key from the environment variable `llm_api_key_env`).
-- `k=<k>`: the compressed context (prefix + query + top-k image tokens per layer).
+- `k=<k>`: the compressed context (prefix + query + top-k image tokens per layer, ranked by
+  `rank`: `sum` or `max` of the attention from the generated tokens, `vlmflow.compress`).
 - `query-only`: the compressed context with no image token (k = 0).
 - `k-only=<k>`: the top-k image tokens and the prefix, without the query tokens.
 Per question the answer's first word is parsed as yes / no (`vlmflow.scenes.evaluate`); ACC and
@@ -41,6 +42,7 @@ class RepromptConfig:
     """
 
     ks: tuple[float, ...] = (0.05, 0.02)
+    rank: str = "sum"
     k_only: float | None = 0.05
     query_only: bool = True
     naive: bool = True
@@ -69,6 +71,8 @@ class Reprompt:
         self.options = parse_config(RepromptConfig, opts, self.name)
         if any(not 0 < k <= 1 for k in self.options.ks):
             raise VlmflowError("reprompt: every k must be in (0, 1], e.g. ks = [0.05, 0.02]")
+        if self.options.rank not in ("sum", "max"):
+            raise VlmflowError(f'reprompt: rank must be "sum" or "max", not {self.options.rank!r}')
         self.config = {k: v for k, v in asdict(self.options).items() if not k.startswith("llm_")}
         self._memo = ItemMemo()
         self._llm = _llm_client(self.options)
@@ -110,6 +114,7 @@ class Reprompt:
                 k=1.0,
                 prompt=self.options.prompt,
                 max_new_tokens=self.options.max_new_tokens,
+                rank=self.options.rank,
             ),
         )
         records = []
