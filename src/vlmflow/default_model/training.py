@@ -77,10 +77,6 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.align_steps + self.steps + self.focus_steps
 
-    @property
-    def focus_start(self) -> int:
-        return self.align_steps + self.steps
-
     def extends(self, earlier: TrainConfig) -> bool:
         """Whether a run with these settings may continue a state saved with `earlier`: equal,
         or equal up to a focus phase that `earlier` did not have."""

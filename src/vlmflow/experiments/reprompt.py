@@ -71,8 +71,12 @@ class Reprompt:
         self.options = parse_config(RepromptConfig, opts, self.name)
         if any(not 0 < k <= 1 for k in self.options.ks):
             raise VlmflowError("reprompt: every k must be in (0, 1], e.g. ks = [0.05, 0.02]")
-        if self.options.rank not in ("sum", "max"):
-            raise VlmflowError(f'reprompt: rank must be "sum" or "max", not {self.options.rank!r}')
+        from vlmflow.compress.context import RANKINGS
+
+        if self.options.rank not in RANKINGS:
+            raise VlmflowError(
+                f"reprompt: rank must be one of {', '.join(RANKINGS)}, not {self.options.rank!r}"
+            )
         self.config = {k: v for k, v in asdict(self.options).items() if not k.startswith("llm_")}
         self._memo = ItemMemo()
         self._llm = _llm_client(self.options)
