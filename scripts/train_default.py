@@ -51,6 +51,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(f"{w:g}" for w in d.focus_weights),
         help="sampling weights of existence,count,position,category questions when focusing",
     )
+    p.add_argument(
+        "--focus-open-fraction",
+        type=float,
+        default=d.focus_open_fraction,
+        help="share of focus question slots asked as 'where is / how many' questions",
+    )
+    p.add_argument(
+        "--focus-followup-fraction",
+        type=float,
+        default=d.focus_followup_fraction,
+        help="share of focus question slots asked as a second turn after the describe prompt",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         focus_steps=args.focus_steps,
         focus_caption_fraction=args.focus_caption_fraction,
         focus_weights=_weights(args.focus_weights),
+        focus_open_fraction=args.focus_open_fraction,
+        focus_followup_fraction=args.focus_followup_fraction,
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -181,6 +181,36 @@ def test_focus_phase_extends_a_finished_run(
         other.load(tmp_path / "checkpoint.pt")
 
 
+def test_focus_phase_mixes_open_and_followup_questions(tmp_path: Path, scenes: list[Any]) -> None:
+    from vlmflow.scenes.questions import open_questions
+
+    cache = _cache(tmp_path, scenes)
+    config = tr.TrainConfig(
+        batch_size=4,
+        scenes=6,
+        steps=0,
+        focus_steps=40,
+        focus_open_fraction=0.5,
+        focus_followup_fraction=0.5,
+    )
+    open_seen = followups = yes_no = 0
+    for step in range(40):
+        for example in tr.examples_for_step(cache, config, step)[1:]:
+            scene = scenes[example.scene]
+            followups += example.followup
+            if example.answer in ("Yes.", "No."):
+                yes_no += 1
+                continue
+            # an open question's answer is the scene's truth: its cells, or its count
+            assert (example.question, example.answer) in open_questions(
+                [(o.name, o.position) for o in scene.objects]
+            )
+            open_seen += 1
+    assert open_seen > 20 and yes_no > 20 and 20 < followups < 100
+    base = replace(config, focus_steps=0, focus_open_fraction=0.0, focus_followup_fraction=0.0)
+    assert config.extends(base)  # the new mix may extend a finished run too
+
+
 def test_training_prompt_matches_the_processor(checkpoint: Path) -> None:
     from PIL import Image
     from transformers import AutoProcessor
@@ -194,6 +224,24 @@ def test_training_prompt_matches_the_processor(checkpoint: Path) -> None:
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     ids = processor(images=Image.new("RGB", (448, 448)), text=text)["input_ids"][0]
     assert list(ids) == prompts.prompt(question)
+
+
+def test_followup_prompt_is_the_layout_compress_continues(checkpoint: Path) -> None:
+    """A follow-up training example is token for token what re-prompting feeds the model: the
+    describe prompt's closed first turn, then the question as a second user turn."""
+    from PIL import Image
+
+    import vlmflow
+    from vlmflow.compress.context import _context_text, continuation_ids
+
+    handle = vlmflow.load(str(checkpoint))
+    question = "Where is the dog in the image?"
+    context = _context_text(handle, tr.CAPTION_PROMPT)
+    first = handle.processor(images=Image.new("RGB", (448, 448)), text=context)["input_ids"][0]
+    expected = [*list(first), *continuation_ids(handle, question)[0].tolist()]
+    prompts = tr.Prompts(handle.processor.tokenizer)
+    assert prompts.prompt(question, followup=True) == expected
+    assert prompts.prompt(question) != expected
 
 
 def test_trained_weights_survive_assembly(

@@ -13,7 +13,10 @@ Why it is built this way (measured on 2 CPU cores):
   pass, ~0.2 s a step), so the expensive phase starts from tokens already near the words;
 - an optional third, *focus* phase (its own warm-up and decay) draws most batch slots from the
   yes/no questions, weighted by category towards the weak ones (position, count); it can extend
-  a finished run, since everything before it is unchanged;
+  a finished run, since everything before it is unchanged; it may also ask short-answer
+  "where is / how many" questions (a 9-way or counted answer says more about which cells hold
+  which type than a yes or no does) and ask questions as a second user turn after the describe
+  prompt, the layout `vlmflow.compress` answers follow-up questions in;
 - batches are a pure function of (seed, step), and state is saved atomically every few steps,
   so a killed run resumes exactly where it stopped.
 """
@@ -72,6 +75,11 @@ class TrainConfig:
     # sampling weight of each question category in the focus phase (QUESTION_CATEGORIES order:
     # existence, count, position, category)
     focus_weights: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 1.0)
+    # shares of the focus phase's question slots asked as short-answer "where is / how many"
+    # questions, and as a follow-up: a second user turn after the describe prompt, the layout
+    # `vlmflow.compress` answers in
+    focus_open_fraction: float = 0.0
+    focus_followup_fraction: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -80,7 +88,7 @@ class TrainConfig:
     def extends(self, earlier: TrainConfig) -> bool:
         """Whether a run with these settings may continue a state saved with `earlier`: equal,
         or equal up to a focus phase that `earlier` did not have."""
-        focus = ("focus_steps", "focus_caption_fraction", "focus_weights")
+        focus = [f.name for f in fields(self) if f.name.startswith("focus_")]
         same_base = replace(self, **{f: getattr(earlier, f) for f in focus}) == earlier
         return self == earlier or (same_base and earlier.focus_steps == 0)
 
@@ -141,6 +149,7 @@ def scene_record(scene: Any) -> dict[str, Any]:
         "id": scene.id,
         "description": scene.description,
         "names": list(scene.names),
+        "objects": [[o.name, o.position] for o in scene.objects],
         "questions": [[q.text, q.answer, q.category] for q in scene.questions],
     }
 
@@ -207,6 +216,10 @@ def build_feature_cache(
                 f"features {done}/{count}  {rate:.3f} s/scene  ETA {_eta(rate * (count - done))}"
             )
     records = [json.loads(line) for line in records_path.read_text().splitlines()]
+    if any("objects" not in r for r in records):  # written before records kept positions
+        progress("adding object positions to the cached scene records")
+        records = [scene_record(s) for s in scenes(0, count)]
+        _atomic_write_text(records_path, "".join(json.dumps(r) + "\n" for r in records))
     return FeatureCache(
         folder=folder,
         features=np.load(folder / "features.npy", mmap_mode="r"),
@@ -305,12 +318,14 @@ class Example:
     scene: int  # index into the feature cache
     question: str
     answer: str
+    followup: bool = False  # asked as a second user turn after the describe prompt
 
 
 def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
     """The batch of language-model step `step` (counted from the end of the alignment phase):
     a pure function of (seed, step), so resuming repeats nothing."""
     from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.questions import open_questions
 
     per_epoch = len(cache) // config.batch_size
     epoch, slot = divmod(step, per_epoch)
@@ -327,13 +342,20 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
             out.append(Example(int(index), CAPTION_PROMPT, record["description"]))
             continue
         questions = record["questions"]
-        if focus:
-            odds = np.array([weight[category] for _, _, category in questions], dtype=np.float64)
-            pick = int(rng.choice(len(questions), p=odds / odds.sum()))
-        else:
-            pick = int(rng.integers(len(questions)))
-        text, answer, _ = questions[pick]
-        out.append(Example(int(index), text, ANSWERS[answer]))
+        if not focus:
+            text, answer, _ = questions[int(rng.integers(len(questions)))]
+            out.append(Example(int(index), text, ANSWERS[answer]))
+            continue
+        draw = rng.random()
+        followup = bool(rng.random() < config.focus_followup_fraction)
+        if draw < config.focus_open_fraction:
+            pairs = open_questions([(n, p) for n, p in record["objects"]])
+            text, reply = pairs[int(rng.integers(len(pairs)))]
+            out.append(Example(int(index), text, reply, followup))
+            continue
+        odds = np.array([weight[category] for _, _, category in questions], dtype=np.float64)
+        text, answer, _ = questions[int(rng.choice(len(questions), p=odds / odds.sum()))]
+        out.append(Example(int(index), text, ANSWERS[answer], followup))
     return out
 
 
@@ -357,18 +379,26 @@ class Prompts:
         self.end_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self._prompts: dict[str, list[int]] = {}
 
-    def prompt(self, question: str) -> list[int]:
-        if question not in self._prompts:
+    def prompt(self, question: str, followup: bool = False) -> list[int]:
+        """The image prompt asking `question`; with `followup`, the image goes with the describe
+        prompt and `question` is a second user turn (how `vlmflow.compress` continues)."""
+        key = f"{followup}:{question}"
+        if key not in self._prompts:
+            image: list[dict[str, str]] = [{"type": "image"}]
+            turns = (
+                [(image, question)] if not followup else [(image, CAPTION_PROMPT), ([], question)]
+            )
             messages = [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+                {"role": "user", "content": [*extra, {"type": "text", "text": words}]}
+                for extra, words in turns
             ]
             text = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
             )
             text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * NUM_IMAGE_TOKENS)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            self._prompts[question] = list(ids)
-        return self._prompts[question]
+            self._prompts[key] = list(ids)
+        return self._prompts[key]
 
     def answer(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -381,7 +411,7 @@ def collate(
     """Right-padded `(input_ids, attention_mask, labels)`, each `(b, t)`; -100 off answers."""
     rows = []
     for ex in examples:
-        p, a = prompts.prompt(ex.question), prompts.answer(ex.answer)
+        p, a = prompts.prompt(ex.question, ex.followup), prompts.answer(ex.answer)
         rows.append((p + a, [-100] * len(p) + a))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vlmflow.scenes.describe import Described
+from vlmflow.scenes.describe import Described, join_words
 from vlmflow.scenes.layout import POSITIONS
 from vlmflow.scenes.rng import StableRandom
 from vlmflow.scenes.vocabulary import CATEGORIES, UNASKED_CATEGORIES, VOCABULARY, number_word
@@ -118,3 +118,23 @@ def true_answer(objects: Sequence[Described], question: Question) -> str:
             hit = any(VOCABULARY[o.name].category == category for o in objects)
             return "yes" if hit else "no"
     raise ValueError(f"not a scene question: {text!r}")
+
+
+def open_questions(placed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Short-answer (question, answer) pairs for training: where each type is, how many.
+
+    `placed` holds (name, position) per object. A 9-way or counted answer carries more about
+    binding a type to its cells than a yes/no one, which is why training asks these too.
+    """
+    cells: dict[str, list[str]] = {}
+    for name, position in sorted(placed, key=lambda p: POSITIONS.index(p[1])):
+        cells.setdefault(name, []).append(position)
+    out = []
+    for name, where in cells.items():
+        kind = VOCABULARY[name]
+        places = join_words([f"in the {p}" for p in where])
+        ask = f"Where is the {name}" if len(where) == 1 else f"Where are the {kind.plural}"
+        out.append((f"{ask} in the image?", f"{places[0].upper()}{places[1:]}."))
+        word = number_word(len(where))
+        out.append((f"How many {kind.plural} are there in the image?", f"{word.capitalize()}."))
+    return out
