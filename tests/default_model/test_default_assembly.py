@@ -130,6 +130,23 @@ def test_corrupt_cache_is_rebuilt(checkpoint: Path, cache_dir: Path) -> None:
     assert leftovers == []
 
 
+def test_folder_without_weights_is_rebuilt(checkpoint: Path, cache_dir: Path) -> None:
+    """A consistent manifest over a folder with no model files (what a torch.distributed rank
+    other than 0 used to leave: transformers saves nothing there) is not a model."""
+
+    weights = checkpoint / "model.safetensors"
+    good = weights.read_bytes()
+    manifest_path = checkpoint / assemble.MANIFEST
+    data = json.loads(manifest_path.read_text())
+    for name in assemble.REQUIRED:
+        (checkpoint / name).unlink()
+        del data["files"][name]
+    manifest_path.write_text(json.dumps(data))
+    assert not assemble._is_valid(checkpoint, data["inputs"], verify=True)
+    assert assemble.ensure_checkpoint(cache_dir) == checkpoint
+    assert weights.read_bytes() == good
+
+
 def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     from vlmflow import packages
     from vlmflow.default_model import sources

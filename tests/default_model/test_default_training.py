@@ -150,14 +150,21 @@ def test_focus_phase_extends_a_finished_run(
 
     torch.set_num_threads(1)
     cache = _cache(tmp_path, scenes)
-    base = tr.TrainConfig(batch_size=4, scenes=6, align_steps=1, steps=1, warmup=1)
+    base = tr.TrainConfig(batch_size=4, scenes=6, align_steps=1, steps=1, warmup=1, focus_steps=0)
     finished = tr.Trainer(base, cache, tiny_parts)
     for _ in range(base.total_steps):
         finished.train_step()
     finished.save(tmp_path / "checkpoint.pt", history=[])
 
     weights = (0.0, 0.0, 1.0, 0.0)  # position questions only
-    focus = replace(base, focus_steps=2, focus_caption_fraction=0.25, focus_weights=weights)
+    focus = replace(
+        base,
+        focus_steps=2,
+        focus_caption_fraction=0.25,
+        focus_weights=weights,
+        focus_open_fraction=0.0,
+        focus_followup_fraction=0.0,
+    )
     extended = tr.Trainer(focus, cache, tiny_parts)
     extended.load(tmp_path / "checkpoint.pt")
     assert extended.step == base.total_steps and focus.total_steps == base.total_steps + 2

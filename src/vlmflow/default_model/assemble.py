@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NAME = "vlmflow-tiny"
 MANIFEST = "vlmflow-manifest.json"
+REQUIRED = frozenset({"config.json", "model.safetensors"})  # a folder without them is no model
 LAYOUT = 1  # bump when the assembly itself changes, so old caches are rebuilt
 VISION_FEATURE_LAYER = -1  # DINOv2's last block, before its final layernorm
 
@@ -114,6 +115,8 @@ def _is_valid(folder: Path, expected: dict[str, str], *, verify: bool) -> bool:
     manifest = read_manifest(folder)
     if manifest is None or manifest.layout != LAYOUT or manifest.inputs != expected:
         return False
+    if not set(manifest.files) >= REQUIRED:  # e.g. written by a rank that saved no weights
+        return False
     present = {p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST}
     if present != set(manifest.files):
         return False
@@ -139,6 +142,12 @@ def _assemble_into(folder: Path, weights: TrainedWeights, expected: dict[str, st
     _save_model(folder, config, state)
     processor.save_pretrained(str(folder))
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    if not set(files) >= REQUIRED:
+        # transformers' save_pretrained writes nothing on a torch.distributed rank other than 0
+        raise VlmflowError(
+            f"assembling {NAME} wrote no {', '.join(sorted(REQUIRED - set(files)))}: assemble it "
+            "before starting torch.distributed (vlmflow run does), or on rank 0"
+        )
     manifest = Manifest(
         name=NAME, version=weights.version, layout=LAYOUT, inputs=expected, files=files
     )

@@ -11,7 +11,7 @@ Why it is built this way (measured on 2 CPU cores):
   through the 49k-word output layer;
 - a first, cheap phase trains the grounding and position losses alone (no language-model
   pass, ~0.2 s a step), so the expensive phase starts from tokens already near the words;
-- an optional third, *focus* phase (its own warm-up and decay) draws most batch slots from the
+- a third, *focus* phase (its own warm-up and decay) draws most batch slots from the
   yes/no questions, weighted by category towards the weak ones (position, count); it can extend
   a finished run, since everything before it is unchanged; it may also ask short-answer
   "where is / how many" questions (a 9-way or counted answer says more about which cells hold
@@ -70,7 +70,7 @@ class TrainConfig:
     background_weight: float = 0.2
     temperature: float = 0.07
     cell_threshold: float = 0.2  # an image cell belongs to an object covering this fraction
-    focus_steps: int = 0  # third phase: question-heavy steps through the language model
+    focus_steps: int = 360  # third phase: question-heavy steps through the language model
     focus_caption_fraction: float = 0.25
     # sampling weight of each question category in the focus phase (QUESTION_CATEGORIES order:
     # existence, count, position, category)
@@ -78,8 +78,8 @@ class TrainConfig:
     # shares of the focus phase's question slots asked as short-answer "where is / how many"
     # questions, and as a follow-up: a second user turn after the describe prompt, the layout
     # `vlmflow.compress` answers in
-    focus_open_fraction: float = 0.0
-    focus_followup_fraction: float = 0.0
+    focus_open_fraction: float = 0.35
+    focus_followup_fraction: float = 0.4
 
     @property
     def total_steps(self) -> int:

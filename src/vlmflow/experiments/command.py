@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     source = ImageSource.parse(args.images)
     if not launch.coordinated:
         return _run_shard(args, launch, experiments, source, out)
+    _assemble_default_model(args.model)
     with distributed.process_group(launch, args.rank_timeout) as meeting:
         try:
             code = _run_shard(args, launch, experiments, source, out)
@@ -209,8 +210,25 @@ def _export(args: argparse.Namespace, out: Path) -> None:
     print(f"wrote {n} rows to {target}")
 
 
+def _assemble_default_model(model: str) -> None:
+    """Assemble the default model (once, on first use) before the process group starts:
+    transformers saves nothing on ranks other than 0 once torch.distributed is up. Every rank
+    may build it; the cache keeps whichever finishes first."""
+    from vlmflow.default_model.assemble import NAME, ensure_checkpoint
+
+    if model == NAME:
+        ensure_checkpoint()
+
+
 def _model_key(model: str) -> str:
-    """A local checkpoint by absolute path (the same on every rank); a hub id as given."""
+    """A local checkpoint by absolute path (the same on every rank); a hub id as given; the
+    default model with its weights' version, so results of other weights never count as done."""
+    from vlmflow.default_model.assemble import NAME
+
+    if model == NAME:
+        from vlmflow.default_model.weights import WEIGHTS_FILE, load_weights
+
+        return f"{NAME}@{load_weights(WEIGHTS_FILE).version}"
     path = Path(model).expanduser()
     return str(path.resolve()) if path.exists() else model
 
