@@ -377,12 +377,12 @@ class Prompts:
         self.tokenizer = tokenizer
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.end_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self._prompts: dict[str, list[int]] = {}
+        self._prompts: dict[tuple[str, bool], list[int]] = {}
 
     def prompt(self, question: str, followup: bool = False) -> list[int]:
         """The image prompt asking `question`; with `followup`, the image goes with the describe
         prompt and `question` is a second user turn (how `vlmflow.compress` continues)."""
-        key = f"{followup}:{question}"
+        key = (question, followup)
         if key not in self._prompts:
             image: list[dict[str, str]] = [{"type": "image"}]
             turns = (
