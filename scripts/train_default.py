@@ -63,6 +63,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.focus_followup_fraction,
         help="share of focus question slots asked as a second turn after the describe prompt",
     )
+    p.add_argument(
+        "--quiz-steps",
+        type=int,
+        default=d.quiz_steps,
+        help="then steps whose question slots each ask several questions in turn (may extend a "
+        "finished run; adds LoRA on k/o/MLP projections)",
+    )
+    p.add_argument("--quiz-turns", type=int, default=d.quiz_turns, help="questions per quiz")
+    p.add_argument("--quiz-caption-fraction", type=float, default=d.quiz_caption_fraction)
+    p.add_argument(
+        "--quiz-followup-fraction",
+        type=float,
+        default=d.quiz_followup_fraction,
+        help="share of quizzes whose first question follows the describe prompt",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -121,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         focus_weights=_weights(args.focus_weights),
         focus_open_fraction=args.focus_open_fraction,
         focus_followup_fraction=args.focus_followup_fraction,
+        quiz_steps=args.quiz_steps,
+        quiz_turns=args.quiz_turns,
+        quiz_caption_fraction=args.quiz_caption_fraction,
+        quiz_followup_fraction=args.quiz_followup_fraction,
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -218,6 +218,108 @@ def test_focus_phase_mixes_open_and_followup_questions(tmp_path: Path, scenes: l
     assert config.extends(base)  # the new mix may extend a finished run too
 
 
+def test_quiz_phase_extends_a_finished_run_exactly(
+    tmp_path: Path, scenes: list[Any], tiny_parts: Any
+) -> None:
+    """A finished three-phase state continues into the quiz phase, whose extra LoRA starts there:
+    the result equals a run with the quiz phase from the start, step for step."""
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    base = tr.TrainConfig(
+        batch_size=4, scenes=6, align_steps=1, steps=1, focus_steps=1, warmup=1, quiz_steps=0
+    )
+    quiz = replace(base, quiz_steps=2, quiz_turns=3, quiz_lora_modules=("o_proj", "down_proj"))
+    assert quiz.extends(base) and not base.extends(quiz)
+    assert not replace(quiz, quiz_turns=4).extends(quiz)  # a started phase keeps its settings
+
+    finished = tr.Trainer(base, cache, tiny_parts)
+    assert not any("o_proj" in n for n in finished.lora)  # no quiz phase, no extra modules
+    for _ in range(base.total_steps):
+        finished.train_step()
+    finished.save(tmp_path / "checkpoint.pt", history=[])
+
+    extended = tr.Trainer(quiz, cache, tiny_parts)
+    extended.load(tmp_path / "checkpoint.pt")
+    late = {n for n in extended.lora if n.endswith(("o_proj", "down_proj"))}
+    assert len(late) == 2 * len(extended.lm.model.layers)
+    start = _params(extended)
+    assert all(not start[f"{n}.B"].any() for n in late)  # zero B: the model is unchanged
+    while extended.step < quiz.total_steps:
+        extended.train_step()
+
+    straight = tr.Trainer(quiz, cache, tiny_parts)
+    while straight.step < quiz.quiz_start:
+        straight.train_step()
+    assert all(not _params(straight)[f"{n}.B"].any() for n in late)  # frozen before the quiz
+    while straight.step < quiz.total_steps:
+        straight.train_step()
+
+    got, expected = _params(extended), _params(straight)
+    assert all(got[f"{n}.B"].any() for n in late)  # the quiz phase trained them
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+
+def test_quiz_questions_are_true_and_in_turns(tmp_path: Path, scenes: list[Any]) -> None:
+    from vlmflow.scenes.questions import Question, open_questions, true_answer
+
+    cache = _cache(tmp_path, scenes)
+    config = tr.TrainConfig(batch_size=6, scenes=6, steps=0, focus_steps=0, quiz_steps=20)
+    assert config.quiz_turns > 1
+    kinds: set[str] = set()
+    followups = 0
+    for step in range(20):
+        batch = tr.examples_for_step(cache, config, step)
+        assert batch[0].question == tr.CAPTION_PROMPT and not batch[0].more  # 1 slot of 6
+        for example in batch[1:]:
+            turns = [(example.question, example.answer), *example.more]
+            assert len(turns) == config.quiz_turns
+            assert len({q for q, _ in turns}) == len(turns)  # no question asked twice
+            followups += example.followup
+            objects = scenes[example.scene].objects
+            for question, answer in turns:
+                if answer in ("Yes.", "No."):
+                    truth = true_answer(objects, Question(question, "", ""))
+                    assert answer == tr.ANSWERS[truth]
+                    kinds.add(answer)
+                else:
+                    placed = [(o.name, o.position) for o in objects]
+                    assert (question, answer) in open_questions(placed)
+                    kinds.add("open")
+    assert kinds == {"Yes.", "No.", "open"}
+    assert 10 < followups < 100
+
+
+def test_quiz_layout_is_the_chat_template(checkpoint: Path) -> None:
+    """A quiz is token for token the processor's rendering of the conversation, and only the
+    answers carry labels."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    prompts = tr.Prompts(processor.tokenizer)
+    turns = [
+        ("Is there a dog in the image?", "Yes."),
+        ("Where is the dog in the image?", "In the top left."),
+        ("Are there exactly two cups in the image?", "No."),
+    ]
+    example = tr.Example(0, *turns[0], more=tuple(turns[1:]))
+    ids, _, labels = tr.collate(prompts, [example], pad_id=0)
+    messages: list[dict[str, Any]] = []
+    for i, (question, answer) in enumerate(turns):
+        image = [{"type": "image"}] if i == 0 else []
+        messages.append({"role": "user", "content": [*image, {"type": "text", "text": question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    text = processor.apply_chat_template(messages)
+    expected = list(processor(images=Image.new("RGB", (448, 448)), text=text)["input_ids"][0])
+    got = ids[0].tolist()
+    assert expected[: len(got)] == got
+    assert processor.tokenizer.decode(expected[len(got) :]).strip() == ""
+    labelled = processor.tokenizer.decode(ids[0][labels[0] != -100])
+    assert labelled == "".join(f"{a}<|im_end|>" for _, a in turns)
+
+
 def test_training_prompt_matches_the_processor(checkpoint: Path) -> None:
     from PIL import Image
     from transformers import AutoProcessor

@@ -80,17 +80,30 @@ class TrainConfig:
     # `vlmflow.compress` answers in
     focus_open_fraction: float = 0.35
     focus_followup_fraction: float = 0.4
+    # fourth phase: each question slot becomes a quiz, several questions about one image asked
+    # turn after turn, so one pass through the image tokens trains several answers
+    quiz_steps: int = 0
+    quiz_turns: int = 6
+    quiz_caption_fraction: float = 0.125
+    quiz_followup_fraction: float = 0.3  # quizzes whose first question follows the describe prompt
+    # modules that get LoRA (same rank) from the quiz phase on, beside q_proj and v_proj
+    quiz_lora_modules: tuple[str, ...] = ("k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
     @property
     def total_steps(self) -> int:
+        return self.align_steps + self.steps + self.focus_steps + self.quiz_steps
+
+    @property
+    def quiz_start(self) -> int:
+        """First step of the quiz phase, counted like `Trainer.step`."""
         return self.align_steps + self.steps + self.focus_steps
 
     def extends(self, earlier: TrainConfig) -> bool:
-        """Whether a run with these settings may continue a state saved with `earlier`: equal,
-        or equal up to a focus phase that `earlier` did not have."""
-        focus = [f.name for f in fields(self) if f.name.startswith("focus_")]
-        same_base = replace(self, **{f: getattr(earlier, f) for f in focus}) == earlier
-        return self == earlier or (same_base and earlier.focus_steps == 0)
+        """Whether a run with these settings may continue a state saved with `earlier`: equal
+        up to the settings of later phases (focus, quiz) that `earlier` did not have."""
+        unstarted = [p for p in PHASES if getattr(earlier, f"{p}_steps") == 0]
+        later = [f.name for f in fields(self) if f.name.split("_")[0] in unstarted]
+        return replace(self, **{f: getattr(earlier, f) for f in later}) == earlier
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,9 +112,15 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        if "focus_weights" in values:
-            values["focus_weights"] = tuple(values["focus_weights"])
+        for name in ("focus_weights", "quiz_lora_modules"):
+            if name in values:
+                values[name] = tuple(values[name])
+        for phase in PHASES:  # saved before the phase existed: the run did not have it
+            values.setdefault(f"{phase}_steps", 0)
         return cls(**values)
+
+
+PHASES = ("focus", "quiz")  # the optional phases after alignment and the first language phase
 
 
 # ----------------------------------------------------------------------------- features
@@ -301,12 +320,20 @@ def lora_modules(lm: Any) -> dict[str, LoraLinear]:
     }
 
 
-def add_lora(lm: Any, rank: int, alpha: float, seed: int) -> dict[str, LoraLinear]:
+def add_lora(
+    lm: Any, rank: int, alpha: float, seed: int, more: Sequence[str] = ()
+) -> dict[str, LoraLinear]:
+    """LoRA on every layer's q_proj and v_proj, then on the `more` projections (attention or
+    MLP), drawn after them so q/v start the same whatever `more` holds."""
     generator = torch.Generator().manual_seed(seed + 1)
     for layer in lm.model.layers:
         attn = layer.self_attn
         attn.q_proj = LoraLinear(attn.q_proj, rank, alpha, generator)
         attn.v_proj = LoraLinear(attn.v_proj, rank, alpha, generator)
+    for layer in lm.model.layers:
+        for name in more:
+            owner = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
+            setattr(owner, name, LoraLinear(getattr(owner, name), rank, alpha, generator))
     return lora_modules(lm)
 
 
@@ -319,6 +346,16 @@ class Example:
     question: str
     answer: str
     followup: bool = False  # asked as a second user turn after the describe prompt
+    more: tuple[tuple[str, str], ...] = ()  # (question, answer) turns after the first answer
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An object as a training record keeps it, enough for `scenes.questions.ask`."""
+
+    name: str
+    position: str
+    size_class: str = ""
 
 
 def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
@@ -332,6 +369,8 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     order = np.random.default_rng([config.seed, epoch]).permutation(len(cache))
     picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
     rng = np.random.default_rng([config.seed, step, 1])
+    if config.quiz_steps and step >= config.steps + config.focus_steps:
+        return [quiz_example(cache, config, int(i), rng, k) for k, i in enumerate(picks)]
     focus = step >= config.steps
     captions = config.focus_caption_fraction if focus else config.caption_fraction
     weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
@@ -359,6 +398,36 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     return out
 
 
+def quiz_example(
+    cache: FeatureCache, config: TrainConfig, index: int, rng: np.random.Generator, slot: int
+) -> Example:
+    """A caption (the first slots of a batch) or a quiz: `quiz_turns` questions about scene
+    `index` drawn from two fresh MME-style question sets and its short-answer questions."""
+    from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.questions import ask, open_questions
+    from vlmflow.scenes.rng import StableRandom
+
+    record = cache.scenes[index]
+    if slot < round(config.quiz_caption_fraction * config.batch_size):
+        return Example(index, CAPTION_PROMPT, record["description"])
+    objects = [Placed(n, p) for n, p in record["objects"]]
+    weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
+    pool: dict[str, tuple[str, float]] = {}  # question -> (answer, sampling weight)
+    for _ in range(2):
+        for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
+            pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    for text, reply in open_questions([(o.name, o.position) for o in objects]):
+        pool[text] = (reply, config.focus_open_fraction * sum(config.focus_weights) / 4)
+    texts = list(pool)
+    odds = np.array([pool[t][1] for t in texts], dtype=np.float64)
+    size = min(config.quiz_turns, int((odds > 0).sum()))
+    take = rng.choice(len(texts), size=size, replace=False, p=odds / odds.sum())
+    turns = [(texts[int(t)], pool[texts[int(t)]][0]) for t in take]
+    followup = bool(rng.random() < config.quiz_followup_fraction)
+    (first, answer), *more = turns
+    return Example(index, first, answer, followup, tuple(more))
+
+
 def grounding_scenes_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[int]:
     """Extra scenes for the cheap grounding/position losses (projector only, no language model).
 
@@ -378,6 +447,7 @@ class Prompts:
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.end_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self._prompts: dict[tuple[str, bool], list[int]] = {}
+        self._turns: dict[str, list[int]] = {}
 
     def prompt(self, question: str, followup: bool = False) -> list[int]:
         """The image prompt asking `question`; with `followup`, the image goes with the describe
@@ -400,6 +470,26 @@ class Prompts:
             self._prompts[key] = list(ids)
         return self._prompts[key]
 
+    def turn(self, question: str) -> list[int]:
+        """Ids between one answer's `<|im_end|>` and the next answer: `question` as a new user
+        turn, as the chat template writes it after an assistant reply."""
+        if question not in self._turns:
+            said = [
+                {"role": "user", "content": [{"type": "text", "text": "?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+            ]
+            asked = [*said, {"role": "user", "content": [{"type": "text", "text": question}]}]
+            render = self.tokenizer.apply_chat_template
+            before = render(said[:1], add_generation_prompt=True, tokenize=False) + "A<|im_end|>"
+            after = render(asked, add_generation_prompt=True, tokenize=False)
+            if not after.startswith(before):
+                raise VlmflowError("the chat template does not extend a conversation by appending")
+            text = after[len(before) :]
+            self._turns[question] = list(
+                self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            )
+        return self._turns[question]
+
     def answer(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [*ids, self.end_id]
@@ -412,7 +502,11 @@ def collate(
     rows = []
     for ex in examples:
         p, a = prompts.prompt(ex.question, ex.followup), prompts.answer(ex.answer)
-        rows.append((p + a, [-100] * len(p) + a))
+        seq, lab = p + a, [-100] * len(p) + a
+        for question, answer in ex.more:
+            p, a = prompts.turn(question), prompts.answer(answer)
+            seq, lab = seq + p + a, lab + [-100] * len(p) + a
+        rows.append((seq, lab))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -470,8 +564,11 @@ class Trainer:
         self.projector = Projector(flat.mean(0), flat.std(0).clamp_min(1e-3))
         self.heads = Heads()
         self.lora: dict[str, LoraLinear] = {}
+        more = config.quiz_lora_modules if config.quiz_steps > 0 else ()
         if config.lora_rank > 0:
-            self.lora = add_lora(self.lm, config.lora_rank, config.lora_alpha, config.seed)
+            self.lora = add_lora(self.lm, config.lora_rank, config.lora_alpha, config.seed, more)
+        # LoRA that joins in the quiz phase: no gradient (so no optimizer state) before it
+        self.quiz_lora = [m for n, m in self.lora.items() if n.rsplit(".", 1)[-1] in more]
         self.name_ids = self._name_prototype_ids()
         groups: list[dict[str, Any]] = [
             {
@@ -479,9 +576,14 @@ class Trainer:
                 "lr": config.lr_projector,
             },
         ]
-        lora_params = [p for m in self.lora.values() for p in (m.lora_A, m.lora_B)]
-        if lora_params:
-            groups.append({"params": lora_params, "lr": config.lr_lora})
+        late = {id(m) for m in self.quiz_lora}
+        for modules in (
+            [m for m in self.lora.values() if id(m) not in late],
+            self.quiz_lora,
+        ):
+            if modules:
+                params = [p for m in modules for p in (m.lora_A, m.lora_B)]
+                groups.append({"params": params, "lr": config.lr_lora})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.base_lrs = [float(g["lr"]) for g in groups]
         self.step = 0
@@ -535,10 +637,24 @@ class Trainer:
         trainable = state["trainable"]
         self.projector.load_state_dict(trainable["projector"])
         self.heads.load_state_dict(trainable["heads"])
+        saved_lora = trainable["lora"]
         for name, module in self.lora.items():
-            module.lora_A.data.copy_(trainable["lora"][name]["A"])
-            module.lora_B.data.copy_(trainable["lora"][name]["B"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            if name not in saved_lora and module in self.quiz_lora:
+                continue  # saved before the quiz phase: starts from its initial value
+            module.lora_A.data.copy_(saved_lora[name]["A"])
+            module.lora_B.data.copy_(saved_lora[name]["B"])
+        optimizer = state["optimizer"]
+        missing = len(self.optimizer.param_groups) - len(optimizer["param_groups"])
+        if missing:  # the quiz-phase LoRA group, which the saved state never had
+            groups = [dict(g) for g in optimizer["param_groups"]]
+            start = sum(len(g["params"]) for g in groups)
+            for group in self.optimizer.param_groups[-missing:]:
+                count = len(group["params"])
+                fresh = {k: v for k, v in group.items() if k != "params"}
+                groups.append({**fresh, "params": list(range(start, start + count))})
+                start += count
+            optimizer = {"state": optimizer["state"], "param_groups": groups}
+        self.optimizer.load_state_dict(optimizer)
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         history: list[dict[str, float]] = state["history"]
@@ -553,7 +669,9 @@ class Trainer:
             return min(1.0, (step + 1) / cfg.warmup)
         length = cfg.steps
         step -= cfg.align_steps
-        if step >= cfg.steps:  # the focus phase starts its own schedule
+        if step >= cfg.steps + cfg.focus_steps:  # the quiz phase starts its own schedule
+            step, length = step - cfg.steps - cfg.focus_steps, cfg.quiz_steps
+        elif step >= cfg.steps:  # so does the focus phase
             step, length = step - cfg.steps, cfg.focus_steps
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
@@ -628,6 +746,9 @@ class Trainer:
                 self.cache, self.config, self.step - self.config.align_steps
             )
         extra = grounding_scenes_for_step(self.cache, self.config, self.step)
+        for module in self.quiz_lora:  # not the frozen base layer inside it
+            module.lora_A.requires_grad_(self.step >= self.config.quiz_start)
+            module.lora_B.requires_grad_(self.step >= self.config.quiz_start)
         self.optimizer.zero_grad(set_to_none=True)
         total, parts = self.losses(examples, extra)
         total.backward()
