@@ -209,9 +209,7 @@ def test_focus_phase_mixes_open_and_followup_questions(tmp_path: Path, scenes: l
                 yes_no += 1
                 continue
             # an open question's answer is the scene's truth: its cells, or its count
-            assert (example.question, example.answer) in open_questions(
-                [(o.name, o.position) for o in scene.objects]
-            )
+            assert (example.question, example.answer) in open_questions(scene.objects)
             open_seen += 1
     assert open_seen > 20 and yes_no > 20 and 20 < followups < 100
     base = replace(config, focus_steps=0, focus_open_fraction=0.0, focus_followup_fraction=0.0)
@@ -284,8 +282,7 @@ def test_quiz_questions_are_true_and_in_turns(tmp_path: Path, scenes: list[Any])
                     assert answer == tr.ANSWERS[truth]
                     kinds.add(answer)
                 else:
-                    placed = [(o.name, o.position) for o in objects]
-                    assert (question, answer) in open_questions(placed)
+                    assert (question, answer) in open_questions(objects)
                     kinds.add("open")
     assert kinds == {"Yes.", "No.", "open"}
     assert 10 < followups < 100

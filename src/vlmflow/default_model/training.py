@@ -349,19 +349,11 @@ class Example:
     more: tuple[tuple[str, str], ...] = ()  # (question, answer) turns after the first answer
 
 
-@dataclass(frozen=True)
-class Placed:
-    """An object as a training record keeps it, enough for `scenes.questions.ask`."""
-
-    name: str
-    position: str
-    size_class: str = ""
-
-
 def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
     """The batch of language-model step `step` (counted from the end of the alignment phase):
     a pure function of (seed, step), so resuming repeats nothing."""
     from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.describe import Placed
     from vlmflow.scenes.questions import open_questions
 
     per_epoch = len(cache) // config.batch_size
@@ -388,7 +380,7 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
         draw = rng.random()
         followup = bool(rng.random() < config.focus_followup_fraction)
         if draw < config.focus_open_fraction:
-            pairs = open_questions([(n, p) for n, p in record["objects"]])
+            pairs = open_questions([Placed(n, p) for n, p in record["objects"]])
             text, reply = pairs[int(rng.integers(len(pairs)))]
             out.append(Example(int(index), text, reply, followup))
             continue
@@ -404,6 +396,7 @@ def quiz_example(
     """A caption (the first slots of a batch) or a quiz: `quiz_turns` questions about scene
     `index` drawn from two fresh MME-style question sets and its short-answer questions."""
     from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.describe import Placed
     from vlmflow.scenes.questions import ask, open_questions
     from vlmflow.scenes.rng import StableRandom
 
@@ -416,7 +409,7 @@ def quiz_example(
     for _ in range(2):
         for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
             pool[q.text] = (ANSWERS[q.answer], weight[q.category])
-    for text, reply in open_questions([(o.name, o.position) for o in objects]):
+    for text, reply in open_questions(objects):
         pool[text] = (reply, config.focus_open_fraction * sum(config.focus_weights) / 4)
     texts = list(pool)
     odds = np.array([pool[t][1] for t in texts], dtype=np.float64)

@@ -9,6 +9,7 @@ model can learn to produce, and every name is the canonical vocabulary name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from vlmflow.scenes.layout import POSITIONS
@@ -24,6 +25,23 @@ class Described(Protocol):
     def position(self) -> str: ...
     @property
     def size_class(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An object as training records keep it: a `Described` without the scene around it."""
+
+    name: str
+    position: str
+    size_class: str = ""
+
+
+def by_type(objects: Sequence[Described]) -> dict[str, list[Described]]:
+    """Objects grouped by type, types and members in reading order (top left first)."""
+    groups: dict[str, list[Described]] = {}
+    for obj in sorted(objects, key=lambda o: POSITIONS.index(o.position)):
+        groups.setdefault(obj.name, []).append(obj)
+    return groups
 
 
 def join_words(parts: Sequence[str]) -> str:
@@ -47,11 +65,8 @@ def describe(objects: Sequence[Described]) -> str:
     """The reference description of a scene's objects, grouped by type in reading order."""
     if not objects:
         return "The image shows no objects."
-    groups: dict[str, list[Described]] = {}
-    for obj in sorted(objects, key=lambda o: POSITIONS.index(o.position)):
-        groups.setdefault(obj.name, []).append(obj)
     parts = []
-    for name, members in groups.items():
+    for name, members in by_type(objects).items():
         small = all(m.size_class == "small" for m in members)
         where = join_words([f"in the {m.position}" for m in members])
         parts.append(f"{object_phrase(name, len(members), small)} {where}")

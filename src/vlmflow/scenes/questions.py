@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vlmflow.scenes.describe import Described, join_words
+from vlmflow.scenes.describe import Described, by_type, join_words
 from vlmflow.scenes.layout import POSITIONS
 from vlmflow.scenes.rng import StableRandom
 from vlmflow.scenes.vocabulary import CATEGORIES, UNASKED_CATEGORIES, VOCABULARY, number_word
@@ -120,18 +120,16 @@ def true_answer(objects: Sequence[Described], question: Question) -> str:
     raise ValueError(f"not a scene question: {text!r}")
 
 
-def open_questions(placed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def open_questions(objects: Sequence[Described]) -> list[tuple[str, str]]:
     """Short-answer (question, answer) pairs for training: where each type is, how many.
 
-    `placed` holds (name, position) per object. A 9-way or counted answer carries more about
-    binding a type to its cells than a yes/no one, which is why training asks these too.
+    A 9-way or counted answer carries more about binding a type to its cells than a yes/no
+    one, which is why training asks these too.
     """
-    cells: dict[str, list[str]] = {}
-    for name, position in sorted(placed, key=lambda p: POSITIONS.index(p[1])):
-        cells.setdefault(name, []).append(position)
     out = []
-    for name, where in cells.items():
+    for name, members in by_type(objects).items():
         kind = VOCABULARY[name]
+        where = [m.position for m in members]
         places = join_words([f"in the {p}" for p in where])
         ask = f"Where is the {name}" if len(where) == 1 else f"Where are the {kind.plural}"
         out.append((f"{ask} in the image?", f"{places[0].upper()}{places[1:]}."))
