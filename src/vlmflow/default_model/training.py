@@ -409,6 +409,7 @@ def quiz_example(
     for _ in range(2):
         for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
             pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    # a short-answer question weighs `focus_open_fraction` of the mean category's weight
     for text, reply in open_questions(objects):
         pool[text] = (reply, config.focus_open_fraction * sum(config.focus_weights) / 4)
     texts = list(pool)
@@ -560,8 +561,12 @@ class Trainer:
         more = config.quiz_lora_modules if config.quiz_steps > 0 else ()
         if config.lora_rank > 0:
             self.lora = add_lora(self.lm, config.lora_rank, config.lora_alpha, config.seed, more)
-        # LoRA that joins in the quiz phase: no gradient (so no optimizer state) before it
-        self.quiz_lora = [m for n, m in self.lora.items() if n.rsplit(".", 1)[-1] in more]
+        # LoRA from the start, and LoRA that joins in the quiz phase: no gradient (so no
+        # optimizer state) before it
+        joins: dict[bool, list[LoraLinear]] = {False: [], True: []}
+        for name, module in self.lora.items():
+            joins[name.rsplit(".", 1)[-1] in more].append(module)
+        self.quiz_lora = joins[True]
         self.name_ids = self._name_prototype_ids()
         groups: list[dict[str, Any]] = [
             {
@@ -569,11 +574,7 @@ class Trainer:
                 "lr": config.lr_projector,
             },
         ]
-        late = {id(m) for m in self.quiz_lora}
-        for modules in (
-            [m for m in self.lora.values() if id(m) not in late],
-            self.quiz_lora,
-        ):
+        for modules in (joins[False], joins[True]):
             if modules:
                 params = [p for m in modules for p in (m.lora_A, m.lora_B)]
                 groups.append({"params": params, "lr": config.lr_lora})
