@@ -1,0 +1,38 @@
+"""`scripts/description_checks.py` reads placements back out of descriptions exactly: on the
+reference descriptions of the fixed scenes it finds every object in its own cell."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+from vlmflow.scenes.fixed import FIXED_COUNT, load_fixed_scene
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "description_checks.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("description_checks", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_descriptions_place_every_object() -> None:
+    placements = _script().placements
+    for index in range(FIXED_COUNT):
+        scene = load_fixed_scene(index)
+        for name in {o.name for o in scene.objects}:
+            expected = Counter(o.position for o in scene.objects if o.name == name)
+            assert Counter(placements(scene.description, name)) == expected, scene.description
+
+
+def test_a_wrong_cell_is_read_as_written() -> None:
+    text = "There are two objects in the image: a cat in the top left and two dogs in the center."
+    placements = _script().placements
+    assert placements(text, "cat") == ["top left"]
+    assert placements(text, "dog") == ["center"]
+    assert placements(text, "bird") == []
