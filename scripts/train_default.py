@@ -65,16 +65,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--quiz-steps",
-        type=int,
+        type=_count,
         default=d.quiz_steps,
         help="then steps whose question slots each ask several questions in turn (may extend a "
         "finished run; adds LoRA on k/o/MLP projections)",
     )
-    p.add_argument("--quiz-turns", type=int, default=d.quiz_turns, help="questions per quiz")
-    p.add_argument("--quiz-caption-fraction", type=float, default=d.quiz_caption_fraction)
+    p.add_argument("--quiz-turns", type=_positive, default=d.quiz_turns, help="questions per quiz")
+    p.add_argument("--quiz-caption-fraction", type=_fraction, default=d.quiz_caption_fraction)
     p.add_argument(
         "--quiz-followup-fraction",
-        type=float,
+        type=_fraction,
         default=d.quiz_followup_fraction,
         help="share of quizzes whose first question follows the describe prompt",
     )
@@ -208,6 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval != "none":
         run_eval(trainer, args, args.eval)
     return 0
+
+
+def _number(text: str, kind: type[int] | type[float], low: float, high: float, what: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"needs {what}, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    return int(_number(text, int, 0, float("inf"), "a whole number >= 0"))
+
+
+def _positive(text: str) -> int:
+    return int(_number(text, int, 1, float("inf"), "a whole number >= 1"))
+
+
+def _fraction(text: str) -> float:
+    return _number(text, float, 0.0, 1.0, "a fraction from 0 to 1")
 
 
 def _weights(text: str) -> tuple[float, float, float, float]:

@@ -391,3 +391,28 @@ def test_trained_weights_survive_assembly(
         got = model(**inputs).logits[0, -1]  # (vocab + 1,)
     expected = trainer.next_token_logits(features, [question])[0]  # (vocab,)
     torch.testing.assert_close(got[: expected.shape[0]], expected, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--quiz-turns", "0"),
+        ("--quiz-steps", "-1"),
+        ("--quiz-caption-fraction", "1.5"),
+        ("--quiz-followup-fraction", "x"),
+    ],
+)
+def test_training_script_refuses_bad_quiz_flags(flag: str, value: str) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_default.py"
+    done = subprocess.run(
+        [sys.executable, str(script), flag, value, "--eval-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train_default.py: error: argument {flag}: needs ")
