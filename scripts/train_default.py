@@ -78,6 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.quiz_followup_fraction,
         help="share of quizzes whose first question follows the describe prompt",
     )
+    p.add_argument(
+        "--where-steps",
+        type=_count,
+        default=d.where_steps,
+        help="then quiz steps that also put each image token's cell into the position words "
+        "(may extend a finished run)",
+    )
+    p.add_argument("--where-caption-fraction", type=_fraction, default=d.where_caption_fraction)
+    p.add_argument(
+        "--where-weight", type=_weight, default=d.where_weight, help="of the position-word loss"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -97,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=400, help="steps between validation scores")
     p.add_argument("--eval-only", action="store_true", help="score the saved state and exit")
     p.add_argument("--export-only", action="store_true", help="write weights from the state")
+    p.add_argument(
+        "--lora-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="how the weights file stores LoRA factors (float16: half the size)",
+    )
     p.add_argument(
         "--weights",
         type=Path,
@@ -140,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         quiz_turns=args.quiz_turns,
         quiz_caption_fraction=args.quiz_caption_fraction,
         quiz_followup_fraction=args.quiz_followup_fraction,
+        where_steps=args.where_steps,
+        where_caption_fraction=args.where_caption_fraction,
+        where_weight=args.where_weight,
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -174,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 f"step {trainer.step}/{config.total_steps} loss {losses.total:.3f}"
                 f" (text {losses.text:.3f}"
-                f" ground {losses.grounding:.3f} pos {losses.position:.3f}) {dt:.2f} s/step"
+                f" ground {losses.grounding:.3f} pos {losses.position:.3f}"
+                + (f" where {losses.where:.3f}" if losses.where else "")
+                + f") {dt:.2f} s/step"
                 f" ({cpu:.1f} cpu-s)"
                 f"  ETA {tr._eta(_remaining_seconds(history, config))}"
             )
@@ -202,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": f"{trainer.elapsed:.0f}",
             "config": json.dumps(config.to_json(), sort_keys=True),
         }
-        digest = trainer.export(args.weights, metadata)
+        digest = trainer.export(args.weights, metadata, getattr(torch, args.lora_dtype))
         log(f"wrote {args.weights} (sha256 {digest}), trained {trainer.elapsed / 3600:.2f} h")
 
     if args.eval != "none":
@@ -226,6 +248,10 @@ def _count(text: str) -> int:
 
 def _positive(text: str) -> int:
     return int(_number(text, int, 1, float("inf"), "a whole number >= 1"))
+
+
+def _weight(text: str) -> float:
+    return _number(text, float, 0.0, float("inf"), "a number >= 0")
 
 
 def _fraction(text: str) -> float:

@@ -259,6 +259,63 @@ def test_quiz_phase_extends_a_finished_run_exactly(
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
 
 
+def test_where_phase_extends_a_quiz_run_and_reads_cells_as_position_words(
+    tmp_path: Path, scenes: list[Any], tiny_parts: Any
+) -> None:
+    """The where phase continues a finished quiz state exactly; its loss is off before it and
+    targets, for every image token, the row and column words the questions use for its cell."""
+    from vlmflow.scenes.layout import POSITIONS
+
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    base = tr.TrainConfig(
+        batch_size=4,
+        scenes=6,
+        align_steps=1,
+        steps=1,
+        focus_steps=0,
+        warmup=1,
+        quiz_steps=1,
+        quiz_turns=2,
+        quiz_lora_modules=("o_proj",),
+    )
+    where = replace(base, where_steps=2, where_caption_fraction=0.5)
+    assert where.extends(base) and not base.extends(where)
+    assert where.where_start == base.total_steps
+
+    finished = tr.Trainer(base, cache, tiny_parts)
+    while finished.step < base.total_steps:
+        assert finished.train_step().where == 0.0  # no where phase, no where loss
+    finished.save(tmp_path / "checkpoint.pt", history=[])
+    extended = tr.Trainer(where, cache, tiny_parts)
+    extended.load(tmp_path / "checkpoint.pt")
+    while extended.step < where.total_steps:
+        assert extended.train_step().where > 0.0
+
+    straight = tr.Trainer(where, cache, tiny_parts)
+    while straight.step < where.total_steps:
+        straight.train_step()
+    got, expected = _params(extended), _params(straight)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+    # the loss's word targets: image token i sits in cell (row, column) of the 3x3 grid, and
+    # those are the words a question about that cell says ("center" alone for the middle one)
+    decode = straight.prompts.tokenizer.decode
+    rows, columns = [
+        [decode(ids).strip() for ids in part]
+        for part in (straight.where_ids[:3], straight.where_ids[3:])
+    ]
+    for token in range(256):
+        r, c = (token // 16) * 3 // 16, (token % 16) * 3 // 16
+        cell = POSITIONS[3 * r + c].split()
+        assert columns[c] in cell and (rows[r] in cell or cell == ["center"])
+    # a where-phase batch describes its first `where_caption_fraction` slots, quizzes the rest
+    batch = tr.examples_for_step(cache, where, where.where_start - where.align_steps)
+    assert [e.question == tr.CAPTION_PROMPT for e in batch] == [True, True, False, False]
+    assert all(len(e.more) == where.quiz_turns - 1 for e in batch[2:])
+
+
 def test_quiz_questions_are_true_and_in_turns(tmp_path: Path, scenes: list[Any]) -> None:
     from vlmflow.scenes.questions import Question, open_questions, true_answer
 

@@ -45,6 +45,18 @@ def test_round_trip_and_version(tmp_path: Path) -> None:
         assert torch.equal(loaded.projector[key], value)
 
 
+def test_float16_lora_factors_load_and_shrink_the_file(tmp_path: Path) -> None:
+    path, projector, (a, b) = _saved(tmp_path)
+    half = tmp_path / "half.safetensors"
+    factors = {"layers.0.self_attn.q_proj": (a, b)}
+    w.save_weights(half, projector, factors, 2.0, {}, lora_dtype=torch.float16)
+    loaded = w.load_weights(half).lora["layers.0.self_attn.q_proj"]
+    assert torch.equal(loaded[0], a.half()) and torch.equal(loaded[1], b.half())
+    assert half.stat().st_size < path.stat().st_size  # the projector stays float32
+    for key, value in projector.items():
+        assert torch.equal(w.load_weights(half).projector[key], value)
+
+
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     path, _, _ = _saved(tmp_path)
     data = bytearray(path.read_bytes())

@@ -1,5 +1,6 @@
 """`scripts/description_checks.py` reads placements back out of descriptions exactly: on the
-reference descriptions of the fixed scenes it finds every object in its own cell."""
+reference descriptions of the fixed scenes it finds every object in its own cell, and answers
+every position question right."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def test_a_wrong_cell_is_read_as_written() -> None:
     assert placements(text, "cat") == ["top left"]
     assert placements(text, "dog") == ["center"]
     assert placements(text, "bird") == []
+
+
+def test_reference_descriptions_answer_every_position_question() -> None:
+    script = _script()
+    seen = 0
+    for index in range(FIXED_COUNT):
+        scene = load_fixed_scene(index)
+        for question in scene.questions:
+            where = script.position_asked(question.text)
+            assert (where is None) == (question.category != "position")
+            if where is not None:
+                said = "yes" if where[1] in script.placements(scene.description, where[0]) else "no"
+                assert said == question.answer, (question.text, scene.description)
+                seen += 1
+    assert seen == 2 * FIXED_COUNT

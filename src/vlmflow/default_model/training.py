@@ -88,15 +88,32 @@ class TrainConfig:
     quiz_followup_fraction: float = 0.3  # quizzes whose first question follows the describe prompt
     # modules that get LoRA (same rank) from the quiz phase on, beside q_proj and v_proj
     quiz_lora_modules: tuple[str, ...] = ("k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # fifth phase: quizzes as above (quiz LoRA included), plus a *where* loss that classifies
+    # each image token against the language model's own input embeddings of the row and column
+    # words of its cell ("top", "left", ...): attention values carry no rotary position, so a
+    # yes/no answer about a cell can only check it if the image tokens' content says where
+    where_steps: int = 0
+    where_caption_fraction: float = 0.375
+    where_weight: float = 0.5
 
     @property
     def total_steps(self) -> int:
-        return self.align_steps + self.steps + self.focus_steps + self.quiz_steps
+        return self.align_steps + self.steps + self.focus_steps + self.quiz_steps + self.where_steps
 
     @property
     def quiz_start(self) -> int:
         """First step of the quiz phase, counted like `Trainer.step`."""
         return self.align_steps + self.steps + self.focus_steps
+
+    @property
+    def where_start(self) -> int:
+        """First step of the where phase, counted like `Trainer.step`."""
+        return self.quiz_start + self.quiz_steps
+
+    @property
+    def quiz_lora(self) -> tuple[str, ...]:
+        """Modules that get LoRA from the quiz phase on (none when no phase has quizzes)."""
+        return self.quiz_lora_modules if self.quiz_steps or self.where_steps else ()
 
     def extends(self, earlier: TrainConfig) -> bool:
         """Whether a run with these settings may continue a state saved with `earlier`: equal
@@ -120,7 +137,8 @@ class TrainConfig:
         return cls(**values)
 
 
-PHASES = ("focus", "quiz")  # the optional phases after alignment and the first language phase
+# the optional phases after alignment and the first language phase
+PHASES = ("focus", "quiz", "where")
 
 
 # ----------------------------------------------------------------------------- features
@@ -361,8 +379,13 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     order = np.random.default_rng([config.seed, epoch]).permutation(len(cache))
     picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
     rng = np.random.default_rng([config.seed, step, 1])
-    if config.quiz_steps and step >= config.steps + config.focus_steps:
-        return [quiz_example(cache, config, int(i), rng, k) for k, i in enumerate(picks)]
+    quiz = config.steps + config.focus_steps
+    if config.where_steps and step >= quiz + config.quiz_steps:
+        captions = config.where_caption_fraction
+        return [quiz_example(cache, config, int(i), rng, k, captions) for k, i in enumerate(picks)]
+    if config.quiz_steps and step >= quiz:
+        captions = config.quiz_caption_fraction
+        return [quiz_example(cache, config, int(i), rng, k, captions) for k, i in enumerate(picks)]
     focus = step >= config.steps
     captions = config.focus_caption_fraction if focus else config.caption_fraction
     weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
@@ -391,17 +414,23 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
 
 
 def quiz_example(
-    cache: FeatureCache, config: TrainConfig, index: int, rng: np.random.Generator, slot: int
+    cache: FeatureCache,
+    config: TrainConfig,
+    index: int,
+    rng: np.random.Generator,
+    slot: int,
+    captions: float,
 ) -> Example:
-    """A caption (the first slots of a batch) or a quiz: `quiz_turns` questions about scene
-    `index` drawn from two fresh MME-style question sets and its short-answer questions."""
+    """A caption (the first `captions` share of a batch's slots) or a quiz: `quiz_turns`
+    questions about scene `index` drawn from two fresh MME-style question sets and its
+    short-answer questions."""
     from vlmflow.scenes import QUESTION_CATEGORIES
     from vlmflow.scenes.describe import Placed
     from vlmflow.scenes.questions import ask, open_questions
     from vlmflow.scenes.rng import StableRandom
 
     record = cache.scenes[index]
-    if slot < round(config.quiz_caption_fraction * config.batch_size):
+    if slot < round(captions * config.batch_size):
         return Example(index, CAPTION_PROMPT, record["description"])
     objects = [Placed(n, p) for n, p in record["objects"]]
     weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
@@ -521,6 +550,7 @@ class StepLosses:
     text: float
     grounding: float
     position: float
+    where: float = 0.0  # the where phase's position-word loss
 
 
 class Trainer:
@@ -537,6 +567,7 @@ class Trainer:
 
         from vlmflow.default_model.processor import add_image_token, build_processor
         from vlmflow.default_model.smollm2 import load_smollm2
+        from vlmflow.scenes.layout import COLUMNS, ROWS
 
         self.config = config
         self.cache = cache
@@ -558,7 +589,7 @@ class Trainer:
         self.projector = Projector(flat.mean(0), flat.std(0).clamp_min(1e-3))
         self.heads = Heads()
         self.lora: dict[str, LoraLinear] = {}
-        more = config.quiz_lora_modules if config.quiz_steps > 0 else ()
+        more = config.quiz_lora
         if config.lora_rank > 0:
             self.lora = add_lora(self.lm, config.lora_rank, config.lora_alpha, config.seed, more)
         # LoRA from the start, and LoRA that joins in the quiz phase: no gradient (so no
@@ -568,6 +599,7 @@ class Trainer:
             joins[name.rsplit(".", 1)[-1] in more].append(module)
         self.quiz_lora = joins[True]
         self.name_ids = self._name_prototype_ids()
+        self.where_ids = self._word_ids([*ROWS, *COLUMNS])  # rows, then columns
         groups: list[dict[str, Any]] = [
             {
                 "params": [*self.projector.parameters(), *self.heads.parameters()],
@@ -588,16 +620,21 @@ class Trainer:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.lm_dtype == torch.bfloat16)
 
     def _name_prototype_ids(self) -> list[list[int]]:
+        return self._word_ids(vocabulary_names())
+
+    def _word_ids(self, words: Iterable[str]) -> list[list[int]]:
+        """Token ids of each word as it appears mid-sentence (with its leading space)."""
         tok = self.prompts.tokenizer
-        return [
-            tok(" " + name, add_special_tokens=False)["input_ids"] for name in vocabulary_names()
-        ]
+        return [tok(" " + word, add_special_tokens=False)["input_ids"] for word in words]
+
+    def _mean_embeddings(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(len(ids), 576): mean input embedding of each word's tokens."""
+        table = self.lm.model.embed_tokens.weight.float()
+        return torch.stack([table[list(i)].mean(0) for i in ids])
 
     def prototypes(self) -> torch.Tensor:
         """(1 + types, 576): background prototype, then mean input embedding of each name."""
-        table = self.lm.model.embed_tokens.weight.float()
-        names = torch.stack([table[ids].mean(0) for ids in self.name_ids])
-        return torch.cat([self.heads.background[None], names])
+        return torch.cat([self.heads.background[None], self._mean_embeddings(self.name_ids)])
 
     # -- state
 
@@ -661,12 +698,12 @@ class Trainer:
         cfg = self.config
         if step < cfg.align_steps:
             return min(1.0, (step + 1) / cfg.warmup)
-        length = cfg.steps
         step -= cfg.align_steps
-        if step >= cfg.steps + cfg.focus_steps:  # the quiz phase starts its own schedule
-            step, length = step - cfg.steps - cfg.focus_steps, cfg.quiz_steps
-        elif step >= cfg.steps:  # so does the focus phase
-            step, length = step - cfg.steps, cfg.focus_steps
+        length = cfg.steps
+        for later in (cfg.focus_steps, cfg.quiz_steps, cfg.where_steps):  # each its own schedule
+            if step < length:
+                break
+            step, length = step - length, later
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         progress = (step - cfg.warmup) / max(1, length - cfg.warmup)
@@ -707,7 +744,17 @@ class Trainer:
             pos[..., :3].flatten(0, 1), row.repeat(len(every))
         ) + F.cross_entropy(pos[..., 3:].flatten(0, 1), col.repeat(len(every)))
         total = text + cfg.grounding_weight * grounding + cfg.position_weight * position
-        return total, StepLosses(total.item(), text.item(), grounding.item(), position.item())
+        where = torch.zeros(())
+        if cfg.where_steps and self.step >= cfg.where_start:
+            # the same cells, read against the position words' embeddings (see TrainConfig)
+            words = F.normalize(self._mean_embeddings(self.where_ids), dim=-1)  # (6, 576)
+            sims = F.normalize(every, dim=-1) @ words.T / cfg.temperature  # (b + e, 256, 6)
+            where = F.cross_entropy(
+                sims[..., :3].flatten(0, 1), row.repeat(len(every))
+            ) + F.cross_entropy(sims[..., 3:].flatten(0, 1), col.repeat(len(every)))
+            total = total + cfg.where_weight * where
+        losses = (total, text, grounding, position, where)
+        return total, StepLosses(*(float(x.item()) for x in losses))
 
     def _text_loss(self, examples: Sequence[Example], image: torch.Tensor) -> torch.Tensor:
         """Answer cross-entropy for `(b, 256, 576)` image tokens, through the language model."""
@@ -754,12 +801,14 @@ class Trainer:
 
     # -- export and evaluation
 
-    def export(self, path: Path, metadata: dict[str, str]) -> str:
+    def export(
+        self, path: Path, metadata: dict[str, str], lora_dtype: torch.dtype = torch.float32
+    ) -> str:
         from vlmflow.default_model.weights import save_weights
 
         lora = {name: (m.lora_A.data, m.lora_B.data) for name, m in self.lora.items()}
         scale = next(iter(self.lora.values())).scale if self.lora else 1.0
-        return save_weights(path, self.projector.export(), lora, scale, metadata)
+        return save_weights(path, self.projector.export(), lora, scale, metadata, lora_dtype)
 
     @torch.no_grad()
     def describe(self, features: np.ndarray, max_new_tokens: int = 128) -> list[str]:

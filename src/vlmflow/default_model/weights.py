@@ -2,8 +2,9 @@
 
 File `weights/vlmflow-tiny.safetensors` holds
 - `multi_modal_projector.linear_{1,2}.{weight,bias}`: llava's projector, ready to load;
-- optionally `lora.<module>.A` `(r, in)` and `lora.<module>.B` `(out, r)` for modules of the
-  language model such as `layers.3.self_attn.q_proj`; merged as `W += scale * B @ A`,
+- optionally `lora.<module>.A` `(r, in)` and `lora.<module>.B` `(out, r)` (float32 or float16)
+  for modules of the language model such as `layers.3.self_attn.q_proj`; merged in float32 as
+  `W += scale * B @ A`,
   with `scale` in the file's metadata.
 Its sha256 is written next to it (`vlmflow-tiny.json`, a file type the package ships) by the
 training script, and checked before use.
@@ -65,14 +66,18 @@ def save_weights(
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]],
     lora_scale: float,
     metadata: dict[str, str],
+    lora_dtype: torch.dtype = torch.float32,
 ) -> str:
-    """Write the file and its checksum record (`<stem>.json`); return the sha256."""
+    """Write the file and its checksum record (`<stem>.json`); return the sha256.
+
+    `lora_dtype` float16 halves the LoRA factors' share of the file; they are merged in float32.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in projector.items()}
     for module, (a, b) in lora.items():
-        tensors[f"lora.{module}.A"] = a.detach().to(torch.float32).contiguous()
-        tensors[f"lora.{module}.B"] = b.detach().to(torch.float32).contiguous()
+        tensors[f"lora.{module}.A"] = a.detach().to(lora_dtype).contiguous()
+        tensors[f"lora.{module}.B"] = b.detach().to(lora_dtype).contiguous()
     meta = {**metadata, "format": FORMAT, "lora_scale": repr(float(lora_scale))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
