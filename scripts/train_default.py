@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--where-weight", type=_weight, default=d.where_weight, help="of the position-word loss"
     )
+    p.add_argument(
+        "--where-empty-fraction",
+        type=_fraction,
+        default=d.where_empty_fraction,
+        help='share of position "no" questions moved to an empty cell in the where phase',
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         where_steps=args.where_steps,
         where_caption_fraction=args.where_caption_fraction,
         where_weight=args.where_weight,
+        where_empty_fraction=args.where_empty_fraction,
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

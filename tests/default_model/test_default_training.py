@@ -316,6 +316,42 @@ def test_where_phase_extends_a_quiz_run_and_reads_cells_as_position_words(
     assert all(len(e.more) == where.quiz_turns - 1 for e in batch[2:])
 
 
+def test_where_phase_moves_position_negatives_to_empty_cells(
+    tmp_path: Path, scenes: list[Any]
+) -> None:
+    """With `where_empty_fraction` 1 every position "no" question of the where phase names a
+    cell no object holds (and is still true); with 0 the batches are the quiz's own draws."""
+    from vlmflow.scenes.questions import Question, true_answer
+
+    cache = _cache(tmp_path, scenes)
+    plain = tr.TrainConfig(
+        batch_size=6, scenes=6, steps=0, focus_steps=0, where_steps=20, where_caption_fraction=0
+    )
+    empty = replace(plain, where_empty_fraction=1.0)
+    moved = kept = 0
+    for step in range(20):
+        for ex_plain, ex_empty in zip(
+            tr.examples_for_step(cache, plain, step),
+            tr.examples_for_step(cache, empty, step),
+            strict=True,
+        ):
+            objects = scenes[ex_empty.scene].objects
+            held = {o.position for o in objects}
+            for text, answer in [(ex_empty.question, ex_empty.answer), *ex_empty.more]:
+                if not text.startswith("Is there") or " of the image?" not in text:
+                    continue  # not a position question
+                said = "yes" if answer == "Yes." else "no"
+                assert true_answer(objects, Question(text, said, "position")) == said
+                if said == "no":
+                    assert not any(text.endswith(f"the {p} of the image?") for p in held)
+                    moved += 1
+            for text, answer in [(ex_plain.question, ex_plain.answer), *ex_plain.more]:
+                kept += answer == "No." and any(
+                    text.endswith(f"the {p} of the image?") for p in held
+                )
+    assert moved > 10 and kept > 0  # without the option, some negatives name a held cell
+
+
 def test_quiz_questions_are_true_and_in_turns(tmp_path: Path, scenes: list[Any]) -> None:
     from vlmflow.scenes.questions import Question, open_questions, true_answer
 

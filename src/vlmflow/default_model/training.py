@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,10 @@ from torch.nn import functional as F
 from vlmflow.default_model.processor import GRID, IMAGE_TOKEN, NUM_IMAGE_TOKENS
 from vlmflow.default_model.smollm2 import LanguageModelParts
 from vlmflow.errors import VlmflowError
+
+if TYPE_CHECKING:
+    from vlmflow.scenes.describe import Described
+    from vlmflow.scenes.questions import Question
 
 VISION_DIM = 384
 TEXT_DIM = 576
@@ -95,6 +99,10 @@ class TrainConfig:
     where_steps: int = 0
     where_caption_fraction: float = 0.375
     where_weight: float = 0.5
+    # share of the where phase's position "no" questions moved to an empty cell (the rest stay
+    # as `ask` picks them, mostly a cell another type holds): an empty cell is answered by
+    # looking the cell up alone, a first step towards checking which type is there
+    where_empty_fraction: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -381,8 +389,11 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     rng = np.random.default_rng([config.seed, step, 1])
     quiz = config.steps + config.focus_steps
     if config.where_steps and step >= quiz + config.quiz_steps:
-        captions = config.where_caption_fraction
-        return [quiz_example(cache, config, int(i), rng, k, captions) for k, i in enumerate(picks)]
+        captions, empty = config.where_caption_fraction, config.where_empty_fraction
+        return [
+            quiz_example(cache, config, int(i), rng, k, captions, empty)
+            for k, i in enumerate(picks)
+        ]
     if config.quiz_steps and step >= quiz:
         captions = config.quiz_caption_fraction
         return [quiz_example(cache, config, int(i), rng, k, captions) for k, i in enumerate(picks)]
@@ -420,10 +431,12 @@ def quiz_example(
     rng: np.random.Generator,
     slot: int,
     captions: float,
+    empty: float = 0.0,
 ) -> Example:
     """A caption (the first `captions` share of a batch's slots) or a quiz: `quiz_turns`
-    questions about scene `index` drawn from two fresh MME-style question sets and its
-    short-answer questions."""
+    questions about scene `index` drawn from two fresh MME-style question sets (an `empty`
+    share of their position "no" questions moved to an empty cell) and its short-answer
+    questions."""
     from vlmflow.scenes import QUESTION_CATEGORIES
     from vlmflow.scenes.describe import Placed
     from vlmflow.scenes.questions import ask, open_questions
@@ -437,6 +450,8 @@ def quiz_example(
     pool: dict[str, tuple[str, float]] = {}  # question -> (answer, sampling weight)
     for _ in range(2):
         for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
+            if empty and q.category == "position" and q.answer == "no" and rng.random() < empty:
+                q = empty_cell_question(objects, rng) or q
             pool[q.text] = (ANSWERS[q.answer], weight[q.category])
     # a short-answer question weighs `focus_open_fraction` of the mean category's weight
     for text, reply in open_questions(objects):
@@ -449,6 +464,19 @@ def quiz_example(
     followup = bool(rng.random() < config.quiz_followup_fraction)
     (first, answer), *more = turns
     return Example(index, first, answer, followup, tuple(more))
+
+
+def empty_cell_question(objects: Sequence[Described], rng: np.random.Generator) -> Question | None:
+    """A position question about a present type at a cell no object holds (None if none is free)."""
+    from vlmflow.scenes.layout import POSITIONS
+    from vlmflow.scenes.questions import Question, position_text
+
+    cells = [p for p in POSITIONS if all(o.position != p for o in objects)]
+    if not cells:
+        return None
+    names = sorted({o.name for o in objects})
+    name, cell = names[int(rng.integers(len(names)))], cells[int(rng.integers(len(cells)))]
+    return Question(position_text(name, cell), "no", "position")
 
 
 def grounding_scenes_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[int]:
