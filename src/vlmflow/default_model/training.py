@@ -125,7 +125,7 @@ class TrainConfig:
 
     def extends(self, earlier: TrainConfig) -> bool:
         """Whether a run with these settings may continue a state saved with `earlier`: equal
-        up to the settings of later phases (focus, quiz) that `earlier` did not have."""
+        up to the settings of later phases (`PHASES`) that `earlier` did not have."""
         unstarted = [p for p in PHASES if getattr(earlier, f"{p}_steps") == 0]
         later = [f.name for f in fields(self) if f.name.split("_")[0] in unstarted]
         return replace(self, **{f: getattr(earlier, f) for f in later}) == earlier
@@ -388,15 +388,14 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
     rng = np.random.default_rng([config.seed, step, 1])
     quiz = config.steps + config.focus_steps
-    if config.where_steps and step >= quiz + config.quiz_steps:
-        captions, empty = config.where_caption_fraction, config.where_empty_fraction
+    if (config.quiz_steps or config.where_steps) and step >= quiz:  # the quiz and where phases
+        where = config.where_steps > 0 and step >= quiz + config.quiz_steps
+        captions = config.where_caption_fraction if where else config.quiz_caption_fraction
+        empty = config.where_empty_fraction if where else 0.0
         return [
             quiz_example(cache, config, int(i), rng, k, captions, empty)
             for k, i in enumerate(picks)
         ]
-    if config.quiz_steps and step >= quiz:
-        captions = config.quiz_caption_fraction
-        return [quiz_example(cache, config, int(i), rng, k, captions) for k, i in enumerate(picks)]
     focus = step >= config.steps
     captions = config.focus_caption_fraction if focus else config.caption_fraction
     weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
@@ -579,6 +578,15 @@ class StepLosses:
     grounding: float
     position: float
     where: float = 0.0  # the where phase's position-word loss
+
+
+def cell_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `(n, 256, 6)` per-token logits, 3 rows then 3 columns, against each
+    image token's cell of the 3x3 grid."""
+    grid = torch.arange(NUM_IMAGE_TOKENS)
+    row, col = (grid // GRID) * 3 // GRID, (grid % GRID) * 3 // GRID  # (256,)
+    rows = F.cross_entropy(logits[..., :3].flatten(0, 1), row.repeat(len(logits)))
+    return rows + F.cross_entropy(logits[..., 3:].flatten(0, 1), col.repeat(len(logits)))
 
 
 class Trainer:
@@ -765,21 +773,13 @@ class Trainer:
         weight = torch.where(cells.flatten() > 0, 1.0, cfg.background_weight)
         grounding = (per_cell * weight).sum() / weight.sum()
         # position: each token's 3x3 cell, so positions stay linearly readable
-        grid = torch.arange(NUM_IMAGE_TOKENS)
-        row, col = (grid // GRID) * 3 // GRID, (grid % GRID) * 3 // GRID  # (256,)
-        pos = self.heads.position(every)  # (b + e, 256, 6)
-        position = F.cross_entropy(
-            pos[..., :3].flatten(0, 1), row.repeat(len(every))
-        ) + F.cross_entropy(pos[..., 3:].flatten(0, 1), col.repeat(len(every)))
+        position = cell_loss(self.heads.position(every))
         total = text + cfg.grounding_weight * grounding + cfg.position_weight * position
         where = torch.zeros(())
         if cfg.where_steps and self.step >= cfg.where_start:
             # the same cells, read against the position words' embeddings (see TrainConfig)
             words = F.normalize(self._mean_embeddings(self.where_ids), dim=-1)  # (6, 576)
-            sims = F.normalize(every, dim=-1) @ words.T / cfg.temperature  # (b + e, 256, 6)
-            where = F.cross_entropy(
-                sims[..., :3].flatten(0, 1), row.repeat(len(every))
-            ) + F.cross_entropy(sims[..., 3:].flatten(0, 1), col.repeat(len(every)))
+            where = cell_loss(F.normalize(every, dim=-1) @ words.T / cfg.temperature)
             total = total + cfg.where_weight * where
         losses = (total, text, grounding, position, where)
         return total, StepLosses(*(float(x.item()) for x in losses))
