@@ -3,8 +3,7 @@ gets alone, so a flat row means the model, not the padding, ignores the asked ce
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -15,22 +14,14 @@ from vlmflow.scenes.fixed import fixed_set
 from vlmflow.scenes.layout import POSITIONS
 from vlmflow.scenes.questions import position_text
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "position_margins.py"
 
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("position_margins", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_batched_margins_equal_single_questions(loaded: tuple[Any, Any]) -> None:
+def test_batched_margins_equal_single_questions(
+    loaded: tuple[Any, Any], repo_script: Callable[[str], ModuleType]
+) -> None:
     processor, model = loaded
     scene = next(s for s in fixed_set() if len(s.objects) == 1)
     name = scene.objects[0].name
-    script = _script()
+    script = repo_script("position_margins")
     row = script.margins(processor, model, scene, name)
     assert len(row) == len(POSITIONS)
     tokenizer = processor.tokenizer

@@ -4,26 +4,17 @@ every position question right."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 from vlmflow.scenes.fixed import FIXED_COUNT, load_fixed_scene
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "description_checks.py"
+Scripts = Callable[[str], ModuleType]
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("description_checks", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reference_descriptions_place_every_object() -> None:
-    placements = _script().placements
+def test_reference_descriptions_place_every_object(repo_script: Scripts) -> None:
+    placements = repo_script("description_checks").placements
     for index in range(FIXED_COUNT):
         scene = load_fixed_scene(index)
         for name in {o.name for o in scene.objects}:
@@ -31,16 +22,16 @@ def test_reference_descriptions_place_every_object() -> None:
             assert Counter(placements(scene.description, name)) == expected, scene.description
 
 
-def test_a_wrong_cell_is_read_as_written() -> None:
+def test_a_wrong_cell_is_read_as_written(repo_script: Scripts) -> None:
     text = "There are two objects in the image: a cat in the top left and two dogs in the center."
-    placements = _script().placements
+    placements = repo_script("description_checks").placements
     assert placements(text, "cat") == ["top left"]
     assert placements(text, "dog") == ["center"]
     assert placements(text, "bird") == []
 
 
-def test_reference_descriptions_answer_every_position_question() -> None:
-    script = _script()
+def test_reference_descriptions_answer_every_position_question(repo_script: Scripts) -> None:
+    script = repo_script("description_checks")
     seen = 0
     for index in range(FIXED_COUNT):
         scene = load_fixed_scene(index)
