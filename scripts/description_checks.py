@@ -50,7 +50,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("records", type=Path, help="JSON lines of `vlmflow scenes evaluate --out`")
     args = parser.parse_args()
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line]
+    try:
+        records = [json.loads(line) for line in args.records.read_text().splitlines() if line]
+    except (OSError, ValueError) as error:
+        parser.error(f"{args.records}: {error}; write it with `vlmflow scenes evaluate --out`")
     largest_named = placed = placed_right = asked = read_right = replied_right = 0
     for record in records:
         scene = load_fixed_scene(int(record["scene"].removeprefix("fixed-")))

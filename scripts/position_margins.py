@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: vlmflow-tiny)")
     parser.add_argument("--scenes", type=int, default=10, help="one-object scenes to probe")
     args = parser.parse_args()
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no checkpoint folder (config.json) there")
     if args.model is None:
         from vlmflow.default_model import ensure_checkpoint
 
