@@ -95,6 +95,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.where_empty_fraction,
         help='share of position "no" questions moved to an empty cell in the where phase',
     )
+    p.add_argument(
+        "--check-steps",
+        type=_count,
+        default=d.check_steps,
+        help="then steps whose question slots each ask several yes/no questions, each answered "
+        "as if asked alone (may extend a finished run)",
+    )
+    p.add_argument("--check-caption-fraction", type=_fraction, default=d.check_caption_fraction)
+    p.add_argument(
+        "--check-questions", type=_positive, default=d.check_questions, help="questions per check"
+    )
+    p.add_argument(
+        "--check-weights",
+        default=",".join(f"{w:g}" for w in d.check_weights),
+        help="sampling weights of existence,count,position,category questions in checks",
+    )
+    p.add_argument(
+        "--check-lr-lora", type=_weight, default=d.check_lr_lora, help="LoRA rate when checking"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
     p.add_argument("--lr-lora", type=float, default=d.lr_lora)
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         position_weight=args.position_weight,
         focus_steps=args.focus_steps,
         focus_caption_fraction=args.focus_caption_fraction,
-        focus_weights=_weights(args.focus_weights),
+        focus_weights=_weights(args.focus_weights, "--focus-weights"),
         focus_open_fraction=args.focus_open_fraction,
         focus_followup_fraction=args.focus_followup_fraction,
         quiz_steps=args.quiz_steps,
@@ -167,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         where_caption_fraction=args.where_caption_fraction,
         where_weight=args.where_weight,
         where_empty_fraction=args.where_empty_fraction,
+        check_steps=args.check_steps,
+        check_caption_fraction=args.check_caption_fraction,
+        check_questions=args.check_questions,
+        check_weights=_weights(args.check_weights, "--check-weights"),
+        check_lr_lora=args.check_lr_lora,
     )
     args.state.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -265,10 +289,13 @@ def _fraction(text: str) -> float:
     return _number(text, float, 0.0, 1.0, "a fraction from 0 to 1")
 
 
-def _weights(text: str) -> tuple[float, float, float, float]:
-    parts = [float(x) for x in text.split(",")]
+def _weights(text: str, flag: str) -> tuple[float, float, float, float]:
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 4 or min(parts) < 0 or sum(parts) <= 0:
-        raise SystemExit(f"--focus-weights needs four weights >= 0, e.g. 1,2,3,1; got {text!r}")
+        raise SystemExit(f"{flag} needs four weights >= 0, e.g. 1,2,3,1; got {text!r}")
     return (parts[0], parts[1], parts[2], parts[3])
 
 

@@ -259,6 +259,21 @@ def test_quiz_phase_extends_a_finished_run_exactly(
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
 
 
+def _small_config(**phases: int) -> tr.TrainConfig:
+    """One alignment and one language step, then the given later phases, on 6 scenes."""
+    return tr.TrainConfig(
+        batch_size=4,
+        scenes=6,
+        align_steps=1,
+        steps=1,
+        focus_steps=0,
+        warmup=1,
+        quiz_turns=2,
+        quiz_lora_modules=("o_proj",),
+        **phases,  # type: ignore[arg-type]
+    )
+
+
 def test_where_phase_extends_a_quiz_run_and_reads_cells_as_position_words(
     tmp_path: Path, scenes: list[Any], tiny_parts: Any
 ) -> None:
@@ -268,17 +283,7 @@ def test_where_phase_extends_a_quiz_run_and_reads_cells_as_position_words(
 
     torch.set_num_threads(1)
     cache = _cache(tmp_path, scenes)
-    base = tr.TrainConfig(
-        batch_size=4,
-        scenes=6,
-        align_steps=1,
-        steps=1,
-        focus_steps=0,
-        warmup=1,
-        quiz_steps=1,
-        quiz_turns=2,
-        quiz_lora_modules=("o_proj",),
-    )
+    base = _small_config(quiz_steps=1)
     where = replace(base, where_steps=2, where_caption_fraction=0.5)
     assert where.extends(base) and not base.extends(where)
     assert where.where_start == base.total_steps
@@ -350,6 +355,111 @@ def test_where_phase_moves_position_negatives_to_empty_cells(
                     text.endswith(f"the {p} of the image?") for p in held
                 )
     assert moved > 10 and kept > 0  # without the option, some negatives name a held cell
+
+
+def test_check_phase_extends_a_where_run_exactly_at_its_own_lora_rate(
+    tmp_path: Path, scenes: list[Any], tiny_parts: Any
+) -> None:
+    """A finished where state continues into the check phase step for step (atol 0); the
+    phase's LoRA groups run at `check_lr_lora`, the projector at its usual rate."""
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    base = _small_config(where_steps=1)
+    check = replace(base, check_steps=2, check_questions=3, check_lr_lora=5e-3)
+    assert check.extends(base) and not base.extends(check)
+    assert check.check_start == base.total_steps == check.total_steps - 2
+    assert not replace(check, check_questions=4).extends(check)  # a started phase keeps them
+
+    finished = tr.Trainer(base, cache, tiny_parts)
+    while finished.step < base.total_steps:
+        finished.train_step()
+    finished.save(tmp_path / "checkpoint.pt", history=[])
+    extended = tr.Trainer(check, cache, tiny_parts)
+    extended.load(tmp_path / "checkpoint.pt")
+    rates = []
+    while extended.step < check.total_steps:
+        assert extended.train_step().where > 0.0  # the where loss stays on
+        rates.append([g["lr"] for g in extended.optimizer.param_groups])
+    factor = extended.learning_rate_factor(check.check_start)
+    assert rates[0][1:] == pytest.approx([5e-3 * factor] * 2)
+    assert rates[0][0] == pytest.approx(check.lr_projector * factor)
+
+    straight = tr.Trainer(check, cache, tiny_parts)
+    while straight.step < check.total_steps:
+        straight.train_step()
+    got, expected = _params(extended), _params(straight)
+    assert any(not torch.equal(got[k], _params(finished)[k]) for k in got)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+
+def test_check_questions_are_true_distinct_yes_no_questions(
+    tmp_path: Path, scenes: list[Any]
+) -> None:
+    from vlmflow.scenes.questions import Question, true_answer
+
+    cache = _cache(tmp_path, scenes)
+    config = tr.TrainConfig(
+        batch_size=4, scenes=6, steps=0, focus_steps=0, check_steps=20, check_caption_fraction=0.25
+    )
+    sizes = []
+    answers: set[str] = set()
+    for step in range(20):
+        batch = tr.examples_for_step(cache, config, step)
+        assert batch[0].question == tr.CAPTION_PROMPT and not batch[0].alone
+        for example in batch[1:]:
+            turns = [(example.question, example.answer), *example.more]
+            assert example.alone and not example.followup
+            assert len({q for q, _ in turns}) == len(turns) <= config.check_questions
+            sizes.append(len(turns))
+            objects = scenes[example.scene].objects
+            for question, answer in turns:
+                assert answer == tr.ANSWERS[true_answer(objects, Question(question, "", ""))]
+                answers.add(answer)
+    assert answers == {"Yes.", "No."}
+    assert max(sizes) == config.check_questions
+
+
+def test_checked_questions_are_answered_as_if_asked_alone(
+    tmp_path: Path, scenes: list[Any], tiny_parts: Any
+) -> None:
+    """Under the block mask and restarted positions, each question of a check gets the logits
+    it gets in a sequence of its own; a caption row in the same batch gets its plain ones."""
+    torch.set_num_threads(1)
+    cache = _cache(tmp_path, scenes)
+    config = tr.TrainConfig(batch_size=2, scenes=6, check_steps=1)
+    trainer = tr.Trainer(config, cache, tiny_parts, lm_dtype=torch.float32)
+    turns = [(q.text, tr.ANSWERS[q.answer]) for q in scenes[2].questions[:5]]
+    check = tr.Example(2, turns[0][0], turns[0][1], more=tuple(turns[1:]), alone=True)
+    caption = tr.Example(3, tr.CAPTION_PROMPT, cache.scenes[3]["description"])
+    ids, mask, positions, labels = tr.collate_alone(trainer.prompts, [check, caption], 0)
+    assert mask.shape == (2, 1, ids.shape[1], ids.shape[1]) and mask.dtype == torch.bool
+
+    def answer_logits(examples: list[tr.Example], **packed: torch.Tensor) -> torch.Tensor:
+        image, _ = trainer.image_embeddings([e.scene for e in examples])
+        if not packed:
+            ids_, mask_, labels_ = tr.collate(trainer.prompts, examples, 0)
+            packed = {"ids": ids_, "mask": mask_, "labels": labels_}
+        with torch.no_grad():
+            hidden = trainer.lm.model(
+                inputs_embeds=trainer.embed(packed["ids"], image),
+                attention_mask=packed["mask"],
+                position_ids=packed.get("positions"),
+            ).last_hidden_state
+            keep = packed["labels"][:, 1:] != -100
+            return trainer.lm.lm_head(hidden[:, :-1][keep])  # (answer tokens, vocab)
+
+    got = answer_logits([check, caption], ids=ids, mask=mask, positions=positions, labels=labels)
+    alone = [tr.Example(2, q, a) for q, a in turns] + [caption]
+    expected = torch.cat([answer_logits([e]) for e in alone])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # and a quiz (each turn sees the earlier ones) does differ
+    quiz = tr.Example(2, turns[0][0], turns[0][1], more=tuple(turns[1:]))
+    asked = int((labels[0] != -100).sum())  # the check's answer tokens
+    quizzed = answer_logits([quiz])
+    assert quizzed.shape[0] == asked
+    assert not torch.allclose(quizzed, expected[:asked], atol=1e-3)
 
 
 def test_quiz_questions_are_true_and_in_turns(tmp_path: Path, scenes: list[Any]) -> None:
@@ -493,6 +603,9 @@ def test_trained_weights_survive_assembly(
         ("--quiz-steps", "-1"),
         ("--quiz-caption-fraction", "1.5"),
         ("--quiz-followup-fraction", "x"),
+        ("--check-questions", "0"),
+        ("--check-caption-fraction", "2"),
+        ("--check-lr-lora", "-1"),
     ],
 )
 def test_training_script_refuses_bad_quiz_flags(flag: str, value: str) -> None:

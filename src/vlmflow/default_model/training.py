@@ -17,6 +17,11 @@ Why it is built this way (measured on 2 CPU cores):
   "where is / how many" questions (a 9-way or counted answer says more about which cells hold
   which type than a yes or no does) and ask questions as a second user turn after the describe
   prompt, the layout `vlmflow.compress` answers follow-up questions in;
+- later optional phases (`PHASES`) each extend a finished state the same way: *quiz* (several
+  questions about one image in turn, one image pass for several answers), *where* (image
+  tokens also classified against the row and column words) and *check* (several yes/no
+  questions about one image in one sequence under a block mask, each answered as if alone, so
+  no answer can be read off another);
 - batches are a pure function of (seed, step), and state is saved atomically every few steps,
   so a killed run resumes exactly where it stopped.
 """
@@ -103,10 +108,26 @@ class TrainConfig:
     # as `ask` picks them, mostly a cell another type holds): an empty cell is answered by
     # looking the cell up alone, a first step towards checking which type is there
     where_empty_fraction: float = 0.0
+    # sixth phase: each question slot becomes a *check*, up to `check_questions` yes/no
+    # questions about one image in one sequence, each seeing the image but none of the others
+    # (a block mask, positions restarting after the image: each is asked exactly as if alone).
+    # In a quiz a later answer can be read off earlier turns; in a check only off the image.
+    # Its LoRA learning rate is its own (`check_lr_lora`); the where loss stays on if that
+    # phase ran.
+    check_steps: int = 0
+    check_caption_fraction: float = 0.25
+    check_questions: int = 8
+    check_weights: tuple[float, float, float, float] = (1.0, 3.0, 4.0, 1.0)
+    check_lr_lora: float = 1e-3
 
     @property
     def total_steps(self) -> int:
-        return self.align_steps + self.steps + self.focus_steps + self.quiz_steps + self.where_steps
+        return self.check_start + self.check_steps
+
+    @property
+    def check_start(self) -> int:
+        """First step of the check phase, counted like `Trainer.step`."""
+        return self.where_start + self.where_steps
 
     @property
     def quiz_start(self) -> int:
@@ -121,7 +142,8 @@ class TrainConfig:
     @property
     def quiz_lora(self) -> tuple[str, ...]:
         """Modules that get LoRA from the quiz phase on (none when no phase has quizzes)."""
-        return self.quiz_lora_modules if self.quiz_steps or self.where_steps else ()
+        later = self.quiz_steps or self.where_steps or self.check_steps
+        return self.quiz_lora_modules if later else ()
 
     def extends(self, earlier: TrainConfig) -> bool:
         """Whether a run with these settings may continue a state saved with `earlier`: equal
@@ -137,7 +159,7 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        for name in ("focus_weights", "quiz_lora_modules"):
+        for name in ("focus_weights", "quiz_lora_modules", "check_weights"):
             if name in values:
                 values[name] = tuple(values[name])
         for phase in PHASES:  # saved before the phase existed: the run did not have it
@@ -146,7 +168,7 @@ class TrainConfig:
 
 
 # the optional phases after alignment and the first language phase
-PHASES = ("focus", "quiz", "where")
+PHASES = ("focus", "quiz", "where", "check")
 
 
 # ----------------------------------------------------------------------------- features
@@ -373,6 +395,7 @@ class Example:
     answer: str
     followup: bool = False  # asked as a second user turn after the describe prompt
     more: tuple[tuple[str, str], ...] = ()  # (question, answer) turns after the first answer
+    alone: bool = False  # every turn sees the image but no other turn (the check phase)
 
 
 def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> list[Example]:
@@ -388,6 +411,8 @@ def examples_for_step(cache: FeatureCache, config: TrainConfig, step: int) -> li
     picks = order[slot * config.batch_size : (slot + 1) * config.batch_size]
     rng = np.random.default_rng([config.seed, step, 1])
     quiz = config.steps + config.focus_steps
+    if config.check_steps and step >= config.check_start - config.align_steps:
+        return [check_example(cache, config, int(i), rng, k) for k, i in enumerate(picks)]
     if (config.quiz_steps or config.where_steps) and step >= quiz:  # the quiz and where phases
         where = config.where_steps > 0 and step >= quiz + config.quiz_steps
         captions = config.where_caption_fraction if where else config.quiz_caption_fraction
@@ -455,14 +480,45 @@ def quiz_example(
     # a short-answer question weighs `focus_open_fraction` of the mean category's weight
     for text, reply in open_questions(objects):
         pool[text] = (reply, config.focus_open_fraction * sum(config.focus_weights) / 4)
+    (first, answer), *more = draw_turns(pool, config.quiz_turns, rng)
+    followup = bool(rng.random() < config.quiz_followup_fraction)
+    return Example(index, first, answer, followup, tuple(more))
+
+
+def check_example(
+    cache: FeatureCache, config: TrainConfig, index: int, rng: np.random.Generator, slot: int
+) -> Example:
+    """A caption (the first `check_caption_fraction` of a batch's slots) or a check: up to
+    `check_questions` yes/no questions about scene `index`, drawn by `check_weights` from four
+    fresh MME-style question sets, each to be answered as if asked alone."""
+    from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.describe import Placed
+    from vlmflow.scenes.questions import ask
+    from vlmflow.scenes.rng import StableRandom
+
+    record = cache.scenes[index]
+    if slot < round(config.check_caption_fraction * config.batch_size):
+        return Example(index, CAPTION_PROMPT, record["description"])
+    objects = [Placed(n, p) for n, p in record["objects"]]
+    weight = dict(zip(QUESTION_CATEGORIES, config.check_weights, strict=True))
+    pool: dict[str, tuple[str, float]] = {}
+    for _ in range(4):  # four sets: several position and count pairs per image
+        for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
+            pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    (first, answer), *more = draw_turns(pool, config.check_questions, rng)
+    return Example(index, first, answer, more=tuple(more), alone=True)
+
+
+def draw_turns(
+    pool: dict[str, tuple[str, float]], limit: int, rng: np.random.Generator
+) -> list[tuple[str, str]]:
+    """Up to `limit` distinct (question, answer) pairs from `pool` (question -> (answer,
+    sampling weight)), drawn without replacement by weight."""
     texts = list(pool)
     odds = np.array([pool[t][1] for t in texts], dtype=np.float64)
-    size = min(config.quiz_turns, int((odds > 0).sum()))
+    size = min(limit, int((odds > 0).sum()))
     take = rng.choice(len(texts), size=size, replace=False, p=odds / odds.sum())
-    turns = [(texts[int(t)], pool[texts[int(t)]][0]) for t in take]
-    followup = bool(rng.random() < config.quiz_followup_fraction)
-    (first, answer), *more = turns
-    return Example(index, first, answer, followup, tuple(more))
+    return [(texts[int(t)], pool[texts[int(t)]][0]) for t in take]
 
 
 def empty_cell_question(objects: Sequence[Described], rng: np.random.Generator) -> Question | None:
@@ -566,6 +622,49 @@ def collate(
         mask[i, : len(seq)] = 1
         labels[i, : len(lab)] = torch.tensor(lab)
     return ids, mask, labels
+
+
+def collate_alone(
+    prompts: Prompts, examples: Sequence[Example], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, position_ids, labels)` with a block mask:
+    ids, positions and labels `(b, t)`, mask `(b, 1, t, t)` bool (True: may attend). The turns
+    of an `alone` example share its prompt up to the last image token and each continue from
+    there: they see that prefix and themselves, at the positions they would have if alone.
+    Other examples are plain causal rows, as `collate` lays them out."""
+    rows = []
+    for ex in examples:
+        if not ex.alone:
+            ids, _, labels = collate(prompts, [ex], pad_id)
+            n = ids.shape[1]
+            rows.append((ids[0].tolist(), labels[0].tolist(), list(range(n)), [0] * n))
+            continue
+        full = prompts.prompt(ex.question)
+        cut = max(i for i, t in enumerate(full) if t == prompts.image_token_id) + 1
+        seq, lab, pos, owner = full[:cut], [-100] * cut, list(range(cut)), [0] * cut
+        for k, (question, answer) in enumerate([(ex.question, ex.answer), *ex.more]):
+            asked = prompts.prompt(question)
+            if asked[:cut] != full[:cut]:
+                raise VlmflowError("the chat template puts question text before the image")
+            p, a = asked[cut:], prompts.answer(answer)
+            seq, lab = seq + p + a, lab + [-100] * len(p) + a
+            pos += range(cut, cut + len(p) + len(a))
+            owner += [k + 1] * (len(p) + len(a))
+        rows.append((seq, lab, pos, owner))
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    mask[:, 0, :, 0] = True  # padding rows see the first token, so no row is all -inf
+    for i, (seq, lab, pos, owner) in enumerate(rows):
+        n = len(seq)
+        ids[i, :n], labels[i, :n] = torch.tensor(seq), torch.tensor(lab)
+        positions[i, :n] = torch.tensor(pos)
+        who = torch.tensor(owner)  # (n,): 0 shared prefix, k the k-th turn
+        visible = (who[:, None] == who[None, :]) | (who[None, :] == 0)
+        mask[i, 0, :n, :n] = torch.tril(visible)
+    return ids, mask, positions, labels
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -736,7 +835,8 @@ class Trainer:
             return min(1.0, (step + 1) / cfg.warmup)
         step -= cfg.align_steps
         length = cfg.steps
-        for later in (cfg.focus_steps, cfg.quiz_steps, cfg.where_steps):  # each its own schedule
+        later_phases = (cfg.focus_steps, cfg.quiz_steps, cfg.where_steps, cfg.check_steps)
+        for later in later_phases:  # each its own schedule
             if step < length:
                 break
             step, length = step - length, later
@@ -786,10 +886,14 @@ class Trainer:
 
     def _text_loss(self, examples: Sequence[Example], image: torch.Tensor) -> torch.Tensor:
         """Answer cross-entropy for `(b, 256, 576)` image tokens, through the language model."""
-        ids, mask, labels = collate(self.prompts, examples, self.pad_id)
+        positions = None
+        if any(e.alone for e in examples):
+            ids, mask, positions, labels = collate_alone(self.prompts, examples, self.pad_id)
+        else:
+            ids, mask, labels = collate(self.prompts, examples, self.pad_id)
         with self.autocast():
             hidden = self.lm.model(
-                inputs_embeds=self.embed(ids, image), attention_mask=mask
+                inputs_embeds=self.embed(ids, image), attention_mask=mask, position_ids=positions
             ).last_hidden_state  # (b, t, 576)
             targets = labels[:, 1:]
             keep = targets != -100
@@ -807,7 +911,10 @@ class Trainer:
 
     def train_step(self) -> StepLosses:
         factor = self.learning_rate_factor(self.step)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+        bases = self.base_lrs
+        if self.config.check_steps and self.step >= self.config.check_start:
+            bases = [bases[0], *[self.config.check_lr_lora] * (len(bases) - 1)]  # LoRA groups
+        for group, base in zip(self.optimizer.param_groups, bases, strict=True):
             group["lr"] = base * factor
         examples: list[Example] = []
         if self.in_language_phase:
