@@ -461,22 +461,14 @@ def quiz_example(
     questions about scene `index` drawn from two fresh MME-style question sets (an `empty`
     share of their position "no" questions moved to an empty cell) and its short-answer
     questions."""
-    from vlmflow.scenes import QUESTION_CATEGORIES
     from vlmflow.scenes.describe import Placed
-    from vlmflow.scenes.questions import ask, open_questions
-    from vlmflow.scenes.rng import StableRandom
+    from vlmflow.scenes.questions import open_questions
 
     record = cache.scenes[index]
     if slot < round(captions * config.batch_size):
         return Example(index, CAPTION_PROMPT, record["description"])
     objects = [Placed(n, p) for n, p in record["objects"]]
-    weight = dict(zip(QUESTION_CATEGORIES, config.focus_weights, strict=True))
-    pool: dict[str, tuple[str, float]] = {}  # question -> (answer, sampling weight)
-    for _ in range(2):
-        for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
-            if empty and q.category == "position" and q.answer == "no" and rng.random() < empty:
-                q = empty_cell_question(objects, rng) or q
-            pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    pool = yes_no_pool(objects, config.focus_weights, 2, rng, empty)
     # a short-answer question weighs `focus_open_fraction` of the mean category's weight
     for text, reply in open_questions(objects):
         pool[text] = (reply, config.focus_open_fraction * sum(config.focus_weights) / 4)
@@ -491,22 +483,39 @@ def check_example(
     """A caption (the first `check_caption_fraction` of a batch's slots) or a check: up to
     `check_questions` yes/no questions about scene `index`, drawn by `check_weights` from four
     fresh MME-style question sets, each to be answered as if asked alone."""
-    from vlmflow.scenes import QUESTION_CATEGORIES
     from vlmflow.scenes.describe import Placed
-    from vlmflow.scenes.questions import ask
-    from vlmflow.scenes.rng import StableRandom
 
     record = cache.scenes[index]
     if slot < round(config.check_caption_fraction * config.batch_size):
         return Example(index, CAPTION_PROMPT, record["description"])
     objects = [Placed(n, p) for n, p in record["objects"]]
-    weight = dict(zip(QUESTION_CATEGORIES, config.check_weights, strict=True))
-    pool: dict[str, tuple[str, float]] = {}
-    for _ in range(4):  # four sets: several position and count pairs per image
-        for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
-            pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    # four sets: several position and count pairs per image
+    pool = yes_no_pool(objects, config.check_weights, 4, rng)
     (first, answer), *more = draw_turns(pool, config.check_questions, rng)
     return Example(index, first, answer, more=tuple(more), alone=True)
+
+
+def yes_no_pool(
+    objects: Sequence[Described],
+    weights: tuple[float, float, float, float],
+    sets: int,
+    rng: np.random.Generator,
+    empty: float = 0.0,
+) -> dict[str, tuple[str, float]]:
+    """Question -> (answer, sampling weight by category) over `sets` fresh MME-style question
+    sets, an `empty` share of position "no" questions moved to an empty cell."""
+    from vlmflow.scenes import QUESTION_CATEGORIES
+    from vlmflow.scenes.questions import ask
+    from vlmflow.scenes.rng import StableRandom
+
+    weight = dict(zip(QUESTION_CATEGORIES, weights, strict=True))
+    pool: dict[str, tuple[str, float]] = {}
+    for _ in range(sets):
+        for q in ask(objects, StableRandom(int(rng.integers(2**31)))):
+            if empty and q.category == "position" and q.answer == "no" and rng.random() < empty:
+                q = empty_cell_question(objects, rng) or q
+            pool[q.text] = (ANSWERS[q.answer], weight[q.category])
+    return pool
 
 
 def draw_turns(
