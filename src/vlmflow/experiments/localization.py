@@ -21,7 +21,10 @@ last token has no such step and is dropped).
 The peak is taken over the image tokens that have a place in the picture (the patch grids of
 `layout.images[0][0].tiles`); separator and marker tokens of the image span have none. Each
 tile's cells map to the picture through the tile's box, so base views, crops and thumbnails
-are all scored against the same mask.
+are all scored against the same mask; a box reaching past the picture (padding) has cells no
+mask pixel falls in. An empty tile (0 rows or 0 columns) holds no token and is never the peak;
+an image whose tiles have no exact place for the processor's settings (`Tile.unplaced`) is
+refused with a VlmflowError.
 
 Masks come from a `MaskSource`, chosen by the `masks` option. `auto` (default) follows the
 image source: `scene` for `--images scenes` (the exact masks of the shipped scenes), `coco` for
@@ -192,6 +195,7 @@ class TokenGrid:
     def of(cls, layout: PromptLayout) -> TokenGrid:
         if len(layout.images[0]) != 1:
             raise VlmflowError("localization reads one image per prompt")
+        layout.images[0][0].check_placed("localization")
         where = {p: i for i, p in enumerate(layout.image_positions(0))}
         tiles = layout.images[0][0].tiles
         return cls(tiles, tuple(tuple(where[p] for p in tile.positions) for tile in tiles))
@@ -200,6 +204,8 @@ class TokenGrid:
         """The cell of the most attended patch token; attention: (n_image,) over the image."""
         best: tuple[float, int, int] | None = None
         for t, index in enumerate(self.index):
+            if not index:  # an empty tile
+                continue
             values = attention[list(index)]  # (rows * cols,)
             j = int(np.argmax(values))
             if best is None or float(values[j]) > best[0]:

@@ -16,8 +16,14 @@ canvas over the original image with the prompt layout's token grids (`Tile`s):
   `grid`). With `split_views` (default) they are drawn on separate canvases, `global` and
   `detail`; their sum is the combined map. Single-view families have one canvas, `global`.
 - Separator tokens inside the image span (newlines, `<img>` markers, row/column tags) have no
-  place on the picture: their attention is reported per layer as `separator_share`, so
-  map sum + separator_share = the layer's image share.
+  place on the picture: their attention is reported per layer as `separator_share`.
+- A tile's box reaches past the picture where the processor padded it (LLaVA-1.5 `do_pad`):
+  the canvas is clipped to the picture, and the attention of the part of a cell on the padding
+  is reported per layer as `outside_share`. So map sum + separator_share + outside_share = the
+  layer's image share.
+- An empty tile (0 rows or 0 columns: LLaVA-NeXT's unpadded grid of a very thin image) has no
+  tokens and draws nothing. A tile whose box the processor's settings do not fix exactly
+  (`Tile.unplaced`) is refused with a VlmflowError rather than drawn in a wrong place.
 """
 
 from __future__ import annotations
@@ -72,13 +78,14 @@ def views_of(span: ImageSpan, split: bool) -> tuple[str, ...]:
     """Canvas names, in blob order."""
     if not split:
         return (ALL_VIEWS,)
-    present = {view_of(tile) for tile in span.tiles}
+    present = {view_of(tile) for tile in span.tiles if not tile.empty}
     return tuple(v for v in (GLOBAL, DETAIL) if v in present)
 
 
 def coverage(lo: float, hi: float, cells: int, size: int) -> np.ndarray:
     """(size, cells): the share of each of `cells` equal cells of [lo, hi] that falls in each
-    of `size` equal canvas pixels of [0, 1]; columns sum to 1 for cells inside [0, 1]."""
+    of `size` equal canvas pixels of [0, 1]; columns sum to 1 for cells inside [0, 1], to the
+    share inside [0, 1] for cells reaching past it (padding)."""
     if hi <= lo:
         raise ValueError(f"empty tile extent [{lo}, {hi}]")
     edges = lo + (hi - lo) * np.arange(cells + 1) / cells  # (cells + 1,)
@@ -93,6 +100,7 @@ class Rendered:
     maps: np.ndarray  # (L, V, S, S) float64 attention mass per canvas pixel
     views: tuple[str, ...]  # (V,) canvas names
     separators: np.ndarray  # (L,) attention to image positions in no tile
+    outside: np.ndarray  # (L,) attention to tile cells' parts outside the picture (padding)
 
 
 def render(
@@ -101,13 +109,17 @@ def render(
     """Lay attention rows over image positions out on canvases over the original image.
 
     `rows`: (L, n) attention per layer to the prompt positions `positions` (n,), which must
-    include every tile position of `span` (other positions count as separators).
+    include every tile position of `span` (other positions count as separators). Raises
+    VlmflowError for a span with a tile of no exact place (`Tile.unplaced`).
     """
+    span.check_placed("maps")
     index = {int(p): i for i, p in enumerate(positions)}
     views = views_of(span, split)
     maps = np.zeros((rows.shape[0], len(views), size, size))
     placed = np.zeros(rows.shape[0])
     for tile in span.tiles:
+        if tile.empty:
+            continue
         columns = [index[p] for p in tile.positions]
         grid = rows[:, columns].reshape(-1, tile.rows, tile.cols)  # (L, rows, cols) row-major
         x0, y0, x1, y1 = tile.box
@@ -117,7 +129,8 @@ def render(
         maps[:, v] += np.einsum("yr,lrc,xc->lyx", wy, grid, wx)
         placed += grid.sum(axis=(1, 2))
     separators = np.clip(rows.sum(axis=1) - placed, 0.0, None)  # clip rounding noise
-    return Rendered(maps, views, separators)
+    outside = np.clip(placed - maps.sum(axis=(1, 2, 3)), 0.0, None)
+    return Rendered(maps, views, separators, outside)
 
 
 class Maps(DescribeExperiment):
@@ -128,7 +141,8 @@ class Maps(DescribeExperiment):
                (module docstring); `maps[l].sum(0)` is layer `layers[l]`'s combined map.
       payload  `layers`; `views`: canvas names (["global"], ["global", "detail"] or ["all"]);
                `size`; `image_share`: per layer, attention to the whole image span;
-               `separator_share`: per layer, the part of it on separator tokens; `peaks`: per
+               `separator_share`: per layer, the part of it on separator tokens;
+               `outside_share`: per layer, the part on padding outside the picture; `peaks`: per
                layer, [y, x] canvas pixel of the combined map's maximum; `tiles`: the layout
                used ([{kind, view, rows, cols, box}], box = (x0, y0, x1, y1) fractions of the
                image); `image_size`: original (width, height); `queries`; `text`.
@@ -183,6 +197,7 @@ class Maps(DescribeExperiment):
                 "size": options.size,
                 "image_share": rounded(rows.sum(axis=1)),
                 "separator_share": rounded(out.separators),
+                "outside_share": rounded(out.outside),
                 "peaks": [list(divmod(int(p), options.size)) for p in flat_peaks],
                 "tiles": tiles,
                 "image_size": list(span.size) if span.size else None,

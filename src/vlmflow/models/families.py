@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from vlmflow.errors import VlmflowError
-from vlmflow.models.layout import ImageSpan, PromptLayout, Tile, label_roles
+from vlmflow.models.layout import WHOLE, Box, ImageSpan, PromptLayout, Tile, crop_box, label_roles
 from vlmflow.roles import Role
 
 
@@ -33,8 +34,8 @@ def _square(n: int, what: str) -> int:
     return side
 
 
-def _grid(kind: str, positions: list[int], rows: int, cols: int, box: Any = None) -> Tile:
-    return Tile(kind, rows, cols, tuple(positions), box or (0.0, 0.0, 1.0, 1.0))
+def _grid(kind: str, positions: list[int], rows: int, cols: int, box: Box = WHOLE) -> Tile:
+    return Tile(kind, rows, cols, tuple(positions), box)
 
 
 class TokenRoles:
@@ -91,88 +92,246 @@ class TokenRoles:
         return runs
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """Where one grid of image tokens lies: rows x cols cells over `box` of the image."""
+
+    rows: int
+    cols: int
+    box: Box
+    unplaced: str = ""
+
+    def tile(self, kind: str, positions: list[int]) -> Tile:
+        return Tile(kind, self.rows, self.cols, tuple(positions), self.box, self.unplaced)
+
+
+def _shape(height: int, width: int) -> np.ndarray:
+    """A (3, height, width) array of no memory: transformers' size helpers read only shapes."""
+    return np.broadcast_to(np.zeros((), np.uint8), (3, height, width))
+
+
+def _resized(ip: Any, height: int, width: int) -> tuple[int, int]:
+    """(height, width) that the image processor's `resize` makes of a height x width picture,
+    by the rules of transformers' `PilBackend.resize` / `TorchvisionBackend.resize`."""
+    from transformers.image_transforms import (
+        get_resize_output_image_size,
+        get_size_with_aspect_ratio,
+    )
+    from transformers.image_utils import (
+        ChannelDimension,
+        SizeDict,
+        get_image_size_for_max_height_width,
+    )
+
+    size = ip.size if isinstance(ip.size, SizeDict) else SizeDict(**ip.size)
+    if size.shortest_edge and size.longest_edge:
+        out = get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
+    elif size.shortest_edge:
+        out = get_resize_output_image_size(
+            _shape(height, width),
+            size=size.shortest_edge,
+            default_to_square=False,
+            input_data_format=ChannelDimension.FIRST,
+        )
+    elif size.max_height and size.max_width:
+        out = get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
+    elif size.height and size.width:
+        out = (size.height, size.width)
+    else:
+        raise VlmflowError(f"image processor size {dict(size)} has no resize rule vlmflow knows")
+    return int(out[0]), int(out[1])
+
+
+def _crop_origin(ip: Any, length: int, crop: int) -> int:
+    """First pixel of a center crop of `crop` pixels out of `length` (negative: padded)."""
+    from transformers.image_processing_backends import PilBackend
+
+    if crop <= length or isinstance(ip, PilBackend):
+        return (length - crop) // 2  # PIL pads by ceil((crop - length) / 2) before
+    return -((crop - length) // 2)  # torchvision pads by floor((crop - length) / 2)
+
+
+def _standard_resize(ip: Any) -> bool:
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+
+    return type(ip).resize in (PilBackend.resize, TorchvisionBackend.resize)
+
+
+def _resize_and_crop(ip: Any, box: Box, width: int, height: int) -> tuple[Box, int, int]:
+    """A CLIP-style image processor's resize then center crop of a width x height picture that
+    shows `box` of the image: the box the result shows, and its width and height."""
+    if ip.do_resize:
+        height, width = _resized(ip, height, width)
+    if ip.do_center_crop:
+        ch, cw = int(ip.crop_size["height"]), int(ip.crop_size["width"])
+        left, top = _crop_origin(ip, width, cw), _crop_origin(ip, height, ch)
+        box = crop_box(box, (width, height), (left, top, left + cw, top + ch))
+        width, height = cw, ch
+    return box, width, height
+
+
+def _cells(box: Box, height: int, width: int, patch: int) -> _Grid:
+    """The patch grid of a height x width picture showing `box`: a remainder under one patch at
+    the bottom or right is not seen by the vision tower."""
+    rows, cols = height // patch, width // patch
+    return _Grid(rows, cols, crop_box(box, (width, height), (0, 0, cols * patch, rows * patch)))
+
+
 class LlavaRoles(TokenRoles):
-    """LLaVA-1.5: one square grid of `<image>` tokens per image (center crop of the image)."""
+    """LLaVA-1.5: one grid of `<image>` tokens per image.
+
+    The grid lies where the image processor put the picture: `do_pad` (LLaVA's pad to square)
+    widens the box past the image, the resize (shortest edge, height and width, longest edge,
+    max height and width) keeps it, the center crop narrows it. Tokens the processor adds before
+    the grid (CLS with `vision_feature_select_strategy="full"`) count as separators.
+    """
 
     family = "llava"
     model_types = ("llava",)
 
-    def _per_image(self, image: ImageInput) -> int:
-        n = self.processor.num_additional_image_tokens
-        h, w = image.processed or (self.processor.image_processor.crop_size["height"],) * 2
-        n += (h // self.processor.patch_size) * (w // self.processor.patch_size)
-        if self.processor.vision_feature_select_strategy == "default":
-            n -= 1
-        return n
+    def _extra(self) -> int:
+        n = int(self.processor.num_additional_image_tokens)
+        return n - 1 if self.processor.vision_feature_select_strategy == "default" else n
 
-    def _box(self, image: ImageInput) -> tuple[float, float, float, float]:
+    def _unplaced(self) -> str:
+        ip = self.processor.image_processor
+        if not _standard_resize(ip):
+            return f"{type(ip).__name__} resizes by its own rules"
+        return ""
+
+    def _image_grid(self, image: ImageInput) -> _Grid:
         ip = self.processor.image_processor
         w, h = image.size
-        if not getattr(ip, "do_center_crop", False) or w == h:
-            return (0.0, 0.0, 1.0, 1.0)
-        if w > h:
-            f = h / w
-            return ((1 - f) / 2, 0.0, (1 + f) / 2, 1.0)
-        f = w / h
-        return (0.0, (1 - f) / 2, 1.0, (1 + f) / 2)
+        box: Box = WHOLE
+        if getattr(ip, "do_pad", False) and hasattr(ip, "pad_to_square"):
+            side = max(w, h)
+            left, top = (side - w) // 2, (side - h) // 2
+            box = crop_box(box, (w, h), (-left, -top, side - left, side - top))
+            w = h = side
+        if self._unplaced():
+            return _Grid(0, 0, box, self._unplaced())
+        box, w, h = _resize_and_crop(ip, box, w, h)
+        ph, pw = image.processed or (h, w)
+        if (ph, pw) != (h, w):  # the batch padding of `do_pad` (PilBackend): bottom and right
+            box = crop_box(box, (w, h), (0, 0, pw, ph))
+        return _cells(box, ph, pw, int(self.processor.patch_size))
+
+    def _per_image(self, image: ImageInput) -> int:
+        ip = self.processor.image_processor
+        p = int(self.processor.patch_size)
+        h, w = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
+        return self._extra() + (h // p) * (w // p)
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
-        spans, cursor = [], 0
+        spans, cursor, extra = [], 0, self._extra()
         for k, image in enumerate(images):
             n = self._per_image(image)
             chunk = positions[cursor : cursor + n]
             cursor += n
             if len(chunk) < n:
                 break
-            side = _square(n, "llava")
-            tile = _grid("image", chunk, side, side, self._box(image))
-            spans.append(ImageSpan(k, chunk[0], chunk[-1] + 1, (tile,), (), image.size))
+            grid = self._image_grid(image)
+            if grid.unplaced:
+                side = _square(n - extra, "llava")
+                grid = _Grid(side, side, WHOLE, grid.unplaced)
+            elif grid.rows * grid.cols != n - extra:
+                raise VlmflowError(
+                    f"llava: {n - extra} image tokens for a {grid.rows} x {grid.cols} patch grid"
+                )
+            tile = grid.tile("image", chunk[extra:])
+            spans.append(
+                ImageSpan(k, chunk[0], chunk[-1] + 1, (tile,), tuple(chunk[:extra]), image.size)
+            )
         return spans
 
 
 class LlavaNextRoles(LlavaRoles):
-    """LLaVA-NeXT: a base view, then the unpadded high-res grid with a newline after each row."""
+    """LLaVA-NeXT: a base view, then the unpadded high-res grid with a newline after each row.
+
+    The base view is the whole image squeezed to the processor's size (then resized and center
+    cropped like every crop). The high-resolution grid: the image is resized into the best
+    pinpoint resolution keeping its aspect ratio, padded to it (centered), cut into crops whose
+    token grids join into one feature grid, and the model cuts the padded rows (or columns) off
+    that grid again. A very thin image keeps 0 rows (or 0 columns): an empty grid, no tokens.
+    """
 
     family = "llava_next"
     model_types = ("llava_next",)
 
-    def _shape(self, image: ImageInput) -> tuple[int, int, int]:
-        from transformers.image_processing_utils import select_best_resolution
+    def _grids(self, image: ImageInput) -> tuple[_Grid, _Grid]:
+        from transformers.image_processing_utils import (
+            get_patch_output_size,
+            select_best_resolution,
+        )
+        from transformers.image_utils import ChannelDimension
 
-        proc = self.processor
+        proc, ip = self.processor, self.processor.image_processor
+        p = int(proc.patch_size)
         w, h = image.size
-        ch, cw = image.processed or (proc.image_processor.crop_size["height"],) * 2
-        best_h, best_w = select_best_resolution((h, w), proc.image_processor.image_grid_pinpoints)
-        ph, pw = ch // proc.patch_size, cw // proc.patch_size
-        unpadded, rows = proc._get_unpadded_features(h, w, ph, pw, best_h // ch, best_w // cw)
-        return ph * pw, rows, unpadded // rows
+        ch, cw = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
+        unplaced = self._unplaced()
+        size = ip.size
+        sh, sw = (
+            (size["height"], size["width"])
+            if size.get("height") and size.get("width")
+            else (size["shortest_edge"],) * 2
+        )
+        base_box, bw, bh = (WHOLE, cw, ch) if unplaced else _resize_and_crop(ip, WHOLE, sw, sh)
+        if (bh, bw) != (ch, cw):
+            unplaced = unplaced or f"the base view is {bw} x {bh} px, the crops {cw} x {ch} px"
+        base = _cells(base_box, ch, cw, p)
+        base_unplaced = unplaced
+        best_h, best_w = select_best_resolution((h, w), ip.image_grid_pinpoints)
+        nh, nw = get_patch_output_size(_shape(h, w), (best_h, best_w), ChannelDimension.FIRST)
+        (top, _), (left, _) = ip._get_padding_size((nh, nw), (best_h, best_w))
+        canvas = crop_box(WHOLE, (nw, nh), (-left, -top, best_w - left, best_h - top))
+        tile = ip.crop_size["height"] if ip.crop_size else (size.get("height") or sh)
+        tile_box, tw, th = (WHOLE, cw, ch) if unplaced else _resize_and_crop(ip, WHOLE, tile, tile)
+        if tile_box != WHOLE or (th, tw) != (ch, cw) or (tile, tile) != (ch, cw):
+            unplaced = unplaced or (
+                f"each {tile} px crop of the grid becomes {tw} x {th} px showing {tile_box}"
+            )
+        if best_h % ch or best_w % cw or ch % p or cw % p:
+            unplaced = unplaced or f"crops of {cw} x {ch} px do not tile {best_w} x {best_h}"
+        scale_h, scale_w = best_h // ch, best_w // cw
+        fh, fw = (ch // p) * scale_h, (cw // p) * scale_w  # the whole feature grid
+        features = crop_box(canvas, (best_w, best_h), (0, 0, scale_w * cw, scale_h * ch))
+        unpadded, rows = proc._get_unpadded_features(h, w, ch // p, cw // p, scale_h, scale_w)
+        if rows < fh:  # rows cut off: columns all kept
+            cols, cut_r, cut_c = fw, (fh - rows) // 2, 0
+        else:
+            cols = unpadded // rows
+            cut_r, cut_c = 0, (fw - cols) // 2
+        box = crop_box(features, (fw, fh), (cut_c, cut_r, fw - cut_c, fh - cut_r))
+        return (
+            _Grid(base.rows, base.cols, base.box, base_unplaced),
+            _Grid(rows, cols, box, unplaced),
+        )
 
     def _per_image(self, image: ImageInput) -> int:
-        base, rows, cols = self._shape(image)
-        return base + rows * (cols + 1)
+        base, grid = self._grids(image)
+        return self._extra() + base.rows * base.cols + grid.rows * (grid.cols + 1)
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
-        spans, cursor = [], 0
+        spans, cursor, extra = [], 0, self._extra()
         for k, image in enumerate(images):
-            base, rows, cols = self._shape(image)
-            n = base + rows * (cols + 1)
+            base, grid = self._grids(image)
+            first = extra + base.rows * base.cols
+            n = first + grid.rows * (grid.cols + 1)
             chunk = positions[cursor : cursor + n]
             cursor += n
             if len(chunk) < n:
                 break
-            side = _square(base, "llava_next base view")
-            tiles = [_grid("base", chunk[:base], side, side)]
-            grid, newlines = [], []
-            for r in range(rows):
-                row = chunk[base + r * (cols + 1) : base + (r + 1) * (cols + 1)]
-                grid.extend(row[:cols])
-                newlines.append(row[cols])
-            tiles.append(_grid("grid", grid, rows, cols))
-            spans.append(
-                ImageSpan(k, chunk[0], chunk[-1] + 1, tuple(tiles), tuple(newlines), image.size)
-            )
+            cells, newlines = [], []
+            for r in range(grid.rows):
+                row = chunk[first + r * (grid.cols + 1) : first + (r + 1) * (grid.cols + 1)]
+                cells.extend(row[: grid.cols])
+                newlines.append(row[grid.cols])
+            tiles = (base.tile("base", chunk[extra:first]), grid.tile("grid", cells))
+            seps = (*chunk[:extra], *newlines)
+            spans.append(ImageSpan(k, chunk[0], chunk[-1] + 1, tiles, seps, image.size))
         return spans
 
 

@@ -6,9 +6,30 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmflow.errors import VlmflowError
 from vlmflow.roles import ROLE_NAMES, Role
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the original image
+WHOLE: Box = (0.0, 0.0, 1.0, 1.0)
+
+
+def crop_box(box: Box, size: tuple[int, int], window: tuple[int, int, int, int]) -> Box:
+    """The part `window` of a picture that shows `box` of the original image, as a box of the
+    original image.
+
+    `size`: the picture's (width, height) in pixels; `window`: (left, top, right, bottom) in
+    the picture's pixels, which may reach past its edges (padding): the result then reaches
+    past [0, 1] too.
+    """
+    x0, y0, x1, y1 = box
+    width, height = size
+    left, top, right, bottom = window
+    return (
+        x0 + (x1 - x0) * left / width,
+        y0 + (y1 - y0) * top / height,
+        x0 + (x1 - x0) * right / width,
+        y0 + (y1 - y0) * bottom / height,
+    )
 
 
 @dataclass(frozen=True)
@@ -17,13 +38,24 @@ class Tile:
 
     `kind` is "image" (the only grid), "base" (LLaVA-NeXT's low-resolution view), "tile" (one
     crop of a tiled image), "grid" (LLaVA-NeXT's unpadded high-resolution grid) or "thumbnail".
+
+    `box` is where the model's input shows the grid: it reaches past [0, 1] where the processor
+    padded the image (LLaVA-1.5 `do_pad`), and it lies inside [0, 1] where it cropped. A grid
+    may be empty (0 rows or 0 columns: LLaVA-NeXT's unpadded grid of a very thin image); it
+    then has no positions and no area. `unplaced` says why the box is not exact for this
+    processor's settings ("" when it is): maps and localization refuse such tiles.
     """
 
     kind: str
     rows: int
     cols: int
     positions: tuple[int, ...]  # prompt positions, row-major, len == rows * cols
-    box: Box = (0.0, 0.0, 1.0, 1.0)
+    box: Box = WHOLE
+    unplaced: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.rows * self.cols == 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +72,14 @@ class ImageSpan:
     @property
     def patch_positions(self) -> tuple[int, ...]:
         return tuple(p for tile in self.tiles for p in tile.positions)
+
+    def check_placed(self, what: str) -> None:
+        """Raise VlmflowError when a tile's box is not exact (see `Tile.unplaced`)."""
+        for tile in self.tiles:
+            if tile.unplaced:
+                raise VlmflowError(
+                    f"{what} cannot place the image tokens of this processor: {tile.unplaced}"
+                )
 
 
 @dataclass(frozen=True)
