@@ -105,6 +105,27 @@ class _Grid:
         return Tile(kind, self.rows, self.cols, tuple(positions), self.box, self.unplaced)
 
 
+class _Options:
+    """The image processor's settings as its processor applies them: the processor's own
+    `images_kwargs` and the `_defaults` of its kwargs class win over the image processor's
+    attributes (transformers' `ProcessorMixin._merge_kwargs`; InternVL forces
+    `crop_to_patches=True` that way)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.ip = processor.image_processor
+        kwargs_class = getattr(processor, "valid_processor_kwargs", None)
+        defaults = getattr(kwargs_class, "_defaults", {}) or {}
+        self.overrides = {
+            **(getattr(processor, "images_kwargs", None) or {}),
+            **(defaults.get("images_kwargs", {}) or {}),
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.overrides:
+            return self.overrides[name]
+        return getattr(self.ip, name)
+
+
 def _shape(height: int, width: int) -> np.ndarray:
     """A (3, height, width) array of no memory: transformers' size helpers read only shapes."""
     return np.broadcast_to(np.zeros((), np.uint8), (3, height, width))
@@ -157,14 +178,14 @@ def _standard_resize(ip: Any) -> bool:
     return type(ip).resize in (PilBackend.resize, TorchvisionBackend.resize)
 
 
-def _resize_and_crop(ip: Any, box: Box, width: int, height: int) -> tuple[Box, int, int]:
+def _resize_and_crop(opts: _Options, box: Box, width: int, height: int) -> tuple[Box, int, int]:
     """A CLIP-style image processor's resize then center crop of a width x height picture that
     shows `box` of the image: the box the result shows, and its width and height."""
-    if ip.do_resize:
-        height, width = _resized(ip, height, width)
-    if ip.do_center_crop:
-        ch, cw = int(ip.crop_size["height"]), int(ip.crop_size["width"])
-        left, top = _crop_origin(ip, width, cw), _crop_origin(ip, height, ch)
+    if opts.do_resize:
+        height, width = _resized(opts, height, width)
+    if opts.do_center_crop:
+        ch, cw = int(opts.crop_size["height"]), int(opts.crop_size["width"])
+        left, top = _crop_origin(opts.ip, width, cw), _crop_origin(opts.ip, height, ch)
         box = crop_box(box, (width, height), (left, top, left + cw, top + ch))
         width, height = cw, ch
     return box, width, height
@@ -200,10 +221,10 @@ class LlavaRoles(TokenRoles):
         return ""
 
     def _image_grid(self, image: ImageInput) -> _Grid:
-        ip = self.processor.image_processor
+        ip = _Options(self.processor)
         w, h = image.size
         box: Box = WHOLE
-        if getattr(ip, "do_pad", False) and hasattr(ip, "pad_to_square"):
+        if getattr(ip, "do_pad", False) and hasattr(ip.ip, "pad_to_square"):
             side = max(w, h)
             left, top = (side - w) // 2, (side - h) // 2
             box = crop_box(box, (w, h), (-left, -top, side - left, side - top))
@@ -217,7 +238,7 @@ class LlavaRoles(TokenRoles):
         return _cells(box, ph, pw, int(self.processor.patch_size))
 
     def _per_image(self, image: ImageInput) -> int:
-        ip = self.processor.image_processor
+        ip = _Options(self.processor)
         p = int(self.processor.patch_size)
         h, w = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
         return self._extra() + (h // p) * (w // p)
@@ -266,7 +287,7 @@ class LlavaNextRoles(LlavaRoles):
         )
         from transformers.image_utils import ChannelDimension
 
-        proc, ip = self.processor, self.processor.image_processor
+        proc, ip = self.processor, _Options(self.processor)
         p = int(proc.patch_size)
         w, h = image.size
         ch, cw = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
@@ -284,7 +305,7 @@ class LlavaNextRoles(LlavaRoles):
         base_unplaced = unplaced
         best_h, best_w = select_best_resolution((h, w), ip.image_grid_pinpoints)
         nh, nw = get_patch_output_size(_shape(h, w), (best_h, best_w), ChannelDimension.FIRST)
-        (top, _), (left, _) = ip._get_padding_size((nh, nw), (best_h, best_w))
+        (top, _), (left, _) = ip.ip._get_padding_size((nh, nw), (best_h, best_w))
         canvas = crop_box(WHOLE, (nw, nh), (-left, -top, best_w - left, best_h - top))
         tile = ip.crop_size["height"] if ip.crop_size else (size.get("height") or sh)
         tile_box, tw, th = (WHOLE, cw, ch) if unplaced else _resize_and_crop(ip, WHOLE, tile, tile)
@@ -384,7 +405,7 @@ class InternVLRoles(TokenRoles):
             get_optimal_tiled_canvas,
         )
 
-        ip = self.processor.image_processor
+        ip = _Options(self.processor)
         if not getattr(ip, "crop_to_patches", False) or ip.max_patches <= 1:
             return 1, 1
         w, h = image.size
