@@ -120,7 +120,11 @@ def test_capture_experiments_through_the_runner(
         assert maps.dtype == np.float16 and maps.shape == (handle.num_layers, n_views, SIZE, SIZE)
         assert (maps >= 0).all() and len(p["views"]) == n_views
         seen_views.add(n_views)
-        total = maps.astype(np.float64).sum(axis=(1, 2, 3)) + np.array(p["separator_share"])
+        total = (
+            maps.astype(np.float64).sum(axis=(1, 2, 3))
+            + np.array(p["separator_share"])
+            + np.array(p["outside_share"])  # cells' parts on padding past the picture
+        )
         expected = np.array([image_share[(row.item, layer)] for layer in p["layers"]])
         np.testing.assert_allclose(total, expected, rtol=2e-3, atol=5e-5)
         np.testing.assert_allclose(p["image_share"], expected, atol=1e-4)
@@ -152,7 +156,8 @@ def test_each_token_lands_in_its_tile(
             row = np.zeros((1, len(positions)))
             row[0, positions.index(tile.positions[k])] = 1.0
             out = render(row, positions, span, SIZE)
-            assert out.maps.sum() == pytest.approx(1.0) and out.separators[0] == pytest.approx(0)
+            assert out.maps.sum() + out.outside[0] == pytest.approx(1.0)
+            assert out.separators[0] == pytest.approx(0)
             y, x = np.unravel_index(out.maps[0].sum(axis=0).argmax(), (SIZE, SIZE))
             r, c = divmod(k, tile.cols)
             x0, y0, x1, y1 = tile.box
