@@ -78,31 +78,58 @@ def _in_thread(target) -> None:
         raise errors[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("rows", [1, 2])
-@pytest.mark.parametrize("mode", list(MODES))
-def test_empty_session_equals_plain_generate(family, rows, mode, tiny_path, photo):
-    """Token for token (and logit for logit) what transformers' own SDPA model generates."""
+_HANDLES: dict[str, vlmflow.Handle] = {}
+
+
+def _load(tiny_path, family: str) -> vlmflow.Handle:
+    """One handle per family for this module (sessions leave a handle as it was)."""
+    if family not in _HANDLES:
+        _HANDLES[family] = vlmflow.load(str(tiny_path(family)))
+    return _HANDLES[family]
+
+
+# (family, rows): every family on the padded two-row batch, one family on a single row too
+SHAPES = [("llava", 1), ("llava", 2), ("qwen2_vl", 2), ("idefics3", 2)]
+
+
+@pytest.mark.parametrize(
+    ("family", "rows", "mode", "where"),
+    [(family, rows, mode, "here") for family, rows in SHAPES for mode in MODES]
+    + [(family, 1, "greedy", "thread") for family in FAMILIES]
+    + [(family, 2, "beams_sequences", "thread") for family in FAMILIES],
+)
+def test_empty_session_equals_plain_generate(family, rows, mode, where, tiny_path, photo):
+    """Token for token (and logit for logit) what transformers' own SDPA model generates, in
+    the session's thread and in a plain `threading.Thread` started inside it."""
     path = str(tiny_path(family))
-    handle = vlmflow.load(path)
+    handle = _load(tiny_path, family)
     prompt = handle.prepare(photo) if rows == 1 else _batch(handle)
     plain = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sdpa").eval()
     theirs, their_logits = _run(plain, prompt, mode)
+    got = []
     with vlmflow.session(handle, prompt):
-        ours, our_logits = _run(handle.model, prompt, mode)
+        if where == "here":
+            got.append(_run(handle.model, prompt, mode))
+        else:
+            _in_thread(lambda: got.append(_run(handle.model, prompt, mode)))
+    ours, our_logits = got[0]
     assert ours.tolist() == theirs.tolist()
     assert torch.allclose(our_logits, their_logits, atol=1e-5)
     expected_rows = rows * MODES[mode].get("num_return_sequences", 1)
     assert ours.shape == (expected_rows, NEW)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(
+    ("family", "mode"),
+    [("llava", mode) for mode in MODES]
+    + [("qwen2_vl", mode) for mode in MODES]
+    + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")],
+)
 def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
     """Under image -> query+generated at all layers, every row (beams and returned sequences
     included, each reading its own prompt row's image positions) gives identical logits for
     two different images; without the knockout they differ."""
-    handle = vlmflow.load(str(tiny_path(family)))
+    handle = _load(tiny_path, family)
     one, other = _batch(handle, 0), _batch(handle, 1)
     assert torch.equal(one.input_ids, other.input_ids)  # same positions, other pixels
     runs = {}
@@ -119,7 +146,7 @@ def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
 @pytest.mark.parametrize("mode", ["beams", "beams_sequences", "sampled_sequences"])
 def test_row_knockout_follows_expanded_rows(family, mode, tiny_path):
     """A knockout on prompt row 1 acts on exactly the expanded rows of prompt row 1."""
-    handle = vlmflow.load(str(tiny_path(family)))
+    handle = _load(tiny_path, family)
     prompt = _batch(handle)
     k = MODES[mode].get("num_return_sequences", 1)
     plain, plain_logits = _run(handle.model, prompt, mode)
@@ -180,7 +207,7 @@ def test_streaming_thread_knockout_equals_reference(family, setting, spec, tiny_
 
 
 def test_thread_capture_equals_same_thread_capture(tiny_path, photo):
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     capture = vlmflow.Capture.of(image_layers="from:2")
     with vlmflow.session(handle, prompt, capture=capture) as s:
@@ -198,7 +225,7 @@ def test_thread_capture_equals_same_thread_capture(tiny_path, photo):
 
 def test_streamer_in_same_thread_and_copied_context(tiny_path, photo):
     """`streamer=` passes through s.generate; a copied context carries the session."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     with vlmflow.session(handle, prompt, knockout=KO) as s:
         expected = s.generate(max_new_tokens=NEW)
@@ -219,7 +246,7 @@ def test_streamer_in_same_thread_and_copied_context(tiny_path, photo):
 
 def test_generate_keywords_pass_through(tiny_path, photo):
     """`do_sample=False` given explicitly (once a TypeError), the defaults overridable."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     with vlmflow.session(handle, prompt, knockout=KO) as s:
         default = s.generate(max_new_tokens=8)
@@ -236,7 +263,7 @@ def test_generate_keywords_pass_through(tiny_path, photo):
 def test_capture_with_beams_is_refused(tiny_path, photo):
     """Beams reorder rows at every step: capture refuses expanded batches in one line, from
     s.generate before running and from a direct model.generate (then s.capture refuses too)."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     ko = vlmflow.Knockout.parse("image->generated", "all")
     with vlmflow.session(handle, prompt, knockout=ko, capture=vlmflow.Capture.of()) as s:
@@ -259,7 +286,7 @@ def test_capture_with_beams_is_refused(tiny_path, photo):
 def test_batch_with_beams_and_knockout_runs(tiny_path):
     """Two rows with num_beams=2 under a knockout (once a RuntimeError): equal to each row
     alone with beams."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     batch = _batch(handle)
     ko = vlmflow.Knockout.parse("image->generated", "all")
     with vlmflow.session(handle, batch, knockout=ko) as s:
@@ -277,7 +304,7 @@ def test_batch_with_beams_and_knockout_runs(tiny_path):
 
 
 def test_another_prompt_is_refused(tiny_path, photo, photo2):
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     other = handle.prepare(photo, "What is in this picture ?")
     batch = _batch(handle)
@@ -297,7 +324,7 @@ def test_another_prompt_is_refused(tiny_path, photo, photo2):
     ):
         handle.generate(prompt, max_new_tokens=NEW)
     # a session on another model leaves this one alone
-    second = vlmflow.load(str(tiny_path("qwen2_vl")))
+    second = _load(tiny_path, "qwen2_vl")
     second_prompt = second.prepare(photo2)
     plain = handle.generate(prompt, max_new_tokens=NEW)
     with vlmflow.session(second, second_prompt, knockout=KO):
@@ -307,7 +334,7 @@ def test_another_prompt_is_refused(tiny_path, photo, photo2):
 def test_sessions_in_two_threads_refuse_a_thread_without_one(tiny_path, photo):
     """A thread with no session of its own, with sessions on the model open in two threads,
     is ambiguous: refused. A thread with its own (empty) session runs plain."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     plain = handle.generate(prompt, max_new_tokens=NEW)
     opened, release = threading.Event(), threading.Event()
@@ -343,7 +370,7 @@ def test_sessions_in_two_threads_refuse_a_thread_without_one(tiny_path, photo):
 def test_session_ending_under_a_running_thread_is_refused(tiny_path, photo):
     """The with block left while a thread still generates under the session: the thread's next
     step raises instead of finishing with plain attention."""
-    handle = vlmflow.load(str(tiny_path("llava")))
+    handle = _load(tiny_path, "llava")
     prompt = handle.prepare(photo)
     first, leave = threading.Event(), threading.Event()
 
