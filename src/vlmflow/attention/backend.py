@@ -3,11 +3,25 @@
 Models load with `attn_implementation={"text_config": "vlmflow", ...}`; every decoder layer of the
 language model then calls `attention()` below. Outside a session, or at layers and steps a session
 does not touch, it calls transformers' own SDPA function untouched, so results stay bit-identical.
+
+Which session applies to a call (`current`):
+- a context that entered sessions (the `with` block, and threads run with
+  `contextvars.copy_context().run` from it) uses the innermost open one on the module's model,
+  or none;
+- a context that entered none (a new `threading.Thread`, e.g. transformers' streaming recipe)
+  uses the session open on the module's model, whichever thread opened it; sessions on that
+  model open in two or more threads make it ambiguous: VlmflowError;
+- a session that ended while a thread still continues a generation it began there, or that a
+  copied context still holds: VlmflowError (never a silent switch to plain attention).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,13 +30,103 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from vlmflow.attention.knockout import blocked
+from vlmflow.errors import VlmflowError
 
 if TYPE_CHECKING:
     from vlmflow.attention.session import Session
 
 NAME = "vlmflow"
 
-ACTIVE: ContextVar[Session | None] = ContextVar("vlmflow_session", default=None)
+# sessions entered in this context, innermost last; None: this context entered none (a new
+# thread), () : explicitly none (plain attention whatever is open elsewhere)
+ACTIVE: ContextVar[tuple[Session, ...] | None] = ContextVar("vlmflow_session", default=None)
+
+_OPEN: dict[int, list[Session]] = {}  # id of a model or its module -> open sessions on it
+_LOCK = threading.Lock()
+_FOLLOWED = threading.local()  # .session: the session a thread without its own last ran under
+
+
+@contextmanager
+def entered(session: Session) -> Iterator[None]:
+    """Open `session` for this context and for threads without a session of their own."""
+    scope = ACTIVE.get() or ()
+    token = ACTIVE.set((*scope, session))
+    session.owner = threading.current_thread()
+    session.is_open = True
+    with _LOCK:
+        for key in session.modules:
+            _OPEN.setdefault(key, []).append(session)
+    hook = session.handle.model.register_forward_pre_hook(
+        partial(_check_inputs, session), with_kwargs=True
+    )
+    try:
+        yield
+    finally:
+        hook.remove()
+        session.is_open = False
+        with _LOCK:
+            for key in session.modules:
+                sessions = _OPEN.get(key, [])
+                if session in sessions:
+                    sessions.remove(session)
+                if not sessions:
+                    _OPEN.pop(key, None)
+        ACTIVE.reset(token)
+
+
+def current(module: torch.nn.Module, q_len: int, kv_len: int) -> Session | None:
+    """The session that applies to `module` (attention module or model) in this thread, for a
+    pass over positions [kv_len - q_len, kv_len); None: plain attention. Rules: module docstring.
+    """
+    scope = ACTIVE.get()
+    if scope is not None:
+        session = next((s for s in reversed(scope) if s.owns(module)), None)
+        if session is not None and not session.is_open:
+            session.refuse(
+                "this copied context holds a session that has ended: run the work inside the"
+                " with block (join threads before leaving it)"
+            )
+        return session
+    followed: Session | None = getattr(_FOLLOWED, "session", None)
+    if followed is not None and followed.owns(module):
+        if followed.is_open:
+            return followed
+        _FOLLOWED.session = None
+        if q_len < kv_len or kv_len > followed.prompt_length:
+            followed.refuse(
+                "the session ended while a thread still ran generate() under it: join the"
+                " thread before leaving the with block"
+            )
+    if not _OPEN.get(id(module)):
+        return None
+    with _LOCK:
+        sessions = list(_OPEN.get(id(module), ()))
+    if not sessions:
+        return None
+    owners = {s.owner for s in sessions}
+    if len(owners) > 1:
+        names = ", ".join(sorted(t.name for t in owners if t is not None))
+        raise VlmflowError(
+            f"sessions on this model are open in threads {names} and this thread has none of"
+            " its own: run it with contextvars.copy_context().run from inside one, or open a"
+            " session in this thread"
+        )
+    _FOLLOWED.session = session = sessions[-1]  # the innermost of that thread's sessions
+    return session
+
+
+def _check_inputs(
+    session: Session, model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Forward pre-hook on the session's model: when the session applies to this pass, refuse
+    token ids that are not its prompt's."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        return
+    cache = kwargs.get("past_key_values")
+    past = int(cache.get_seq_length()) if cache is not None else 0
+    if current(model, int(ids.shape[1]), past + int(ids.shape[1])) is session:
+        session.check_inputs(ids, past)
 
 
 def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
@@ -41,17 +145,19 @@ def attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # (b, q, h, d), None
-    session = ACTIVE.get()
+    q_len, kv_len = query.shape[2], key.shape[2]
+    session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)
     if session is None or layer is None or not session.touches(layer):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     session.check_layer(module, kwargs)
-    q_len, kv_len = query.shape[2], key.shape[2]
-    roles = session.key_roles(kv_len, query.device)  # (b, kv)
+    expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
+    session.check_capture_rows(query.shape[0])
+    roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
     present = session.query_role_codes(kv_len - q_len, kv_len)
-    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present)
+    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
     step = kv_len - session.prompt_length
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)

@@ -81,7 +81,7 @@ def generate_variants(
     rows = _repeat_prompt(prompt, count)
     settings = {"do_sample": False, "max_new_tokens": max_new_tokens, **kwargs}
     model = handle.model
-    outer = backend.ACTIVE.set(None)  # prefills below are plain, whatever encloses this call
+    outer = backend.ACTIVE.set(())  # prefills below are plain, whatever encloses this call
     try:
         with torch.inference_mode():
             if not share_prefill or n < 2:

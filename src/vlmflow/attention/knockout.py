@@ -116,11 +116,13 @@ def blocked(
     query_roles: torch.Tensor,  # (b, q) int role codes
     key_roles: torch.Tensor,  # (b, kv) int role codes
     present: frozenset[int],  # role codes among the query rows, known on the host
+    expand: int = 1,  # batch rows per prompt row (num_beams, num_return_sequences)
 ) -> torch.Tensor | None:
     """(b, q, kv) bool: True where attention is knocked out at `layer`; None if nothing is.
 
     `present` decides on the host whether a knockout can touch these rows at all, so decode
     steps never wait on the device to find out (e.g. `image -> query` while generating).
+    Batch row r holds prompt row r // `expand`, which is what a knockout's `rows` name.
     """
     out: torch.Tensor | None = None
     for ko in knockouts:
@@ -128,10 +130,11 @@ def blocked(
             continue
         rows = ko.tgt.to(query_roles.device)[query_roles.long()]  # (b, q)
         if ko.rows is not None:
-            chosen = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)  # (b,)
+            prompt_rows = rows.shape[0] // expand
+            chosen = torch.zeros(prompt_rows, dtype=torch.bool, device=rows.device)  # (b / e,)
             index = ko.rows.to(rows.device)
-            chosen[index[index < rows.shape[0]]] = True
-            rows = rows & chosen[:, None]
+            chosen[index[index < prompt_rows]] = True
+            rows = rows & chosen.repeat_interleave(expand)[:, None]
         if layer in ko.keys:
             cols = torch.zeros(key_roles.shape, dtype=torch.bool, device=key_roles.device)
             pos = ko.keys[layer].to(key_roles.device)

@@ -2,11 +2,19 @@
 
 The state lives in a ContextVar read by the registered attention function, so it works inside
 `generate()` (which rejects unknown kwargs), with batches and padding, and never leaks out of
-the `with` block.
+the `with` block. Which session applies where (threads included) is decided in
+`vlmflow.attention.backend`: see `backend.current`.
+
+Expanded batches: `num_beams` and `num_return_sequences` run k rows per prompt row (row r of
+the expanded batch holds prompt row r // k; beam search reorders rows only within a prompt's
+group), so roles and knockouts follow each row exactly. Capture records one row per prompt row
+and refuses expanded batches, whose rows are beams reordered at every step, not the returned
+sequences.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +33,8 @@ if TYPE_CHECKING:
 
 
 _GENERATED = frozenset({int(Role.GENERATED)})
+# generate() keywords that run several rows per prompt row
+_EXPANDING = ("num_beams", "num_return_sequences")
 
 
 class Session:
@@ -64,9 +74,75 @@ class Session:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
             self._touched |= self.recorder.fraction_layers | self.recorder.image_layers
         self._codes = layout.codes.to(handle.device)
-        self._by_device: dict[torch.device, torch.Tensor] = {}
+        self._by_device: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
         self._checked: set[int] = set()
+        # the model's own modules: the session applies to them only
+        model = handle.model
+        self.modules = frozenset(
+            [id(model)] + [id(m) for m in model.modules() if hasattr(m, "layer_idx")]
+        )
+        self.owner: threading.Thread | None = None  # the thread that entered the session
+        self.is_open = False
+        self.refusal: VlmflowError | None = None  # first refusal raised while it ran
+
+    @property
+    def rows(self) -> int:
+        """Rows of the session's prompt batch."""
+        return int(self.layout.codes.shape[0])
+
+    def owns(self, module: torch.nn.Module) -> bool:
+        """Whether `module` (an attention module or the model) belongs to the session's model."""
+        return id(module) in self.modules
+
+    def expansion(self, rows: int) -> int:
+        """Rows run per prompt row for a batch of `rows` (`num_beams`, `num_return_sequences`).
+
+        Raises VlmflowError when `rows` is no multiple of the prompt's rows: another prompt.
+        """
+        if rows % self.rows:
+            self.refuse(
+                f"the model ran a batch of {rows} row(s) inside a session on a prompt of"
+                f" {self.rows} row(s): run the session's own prompt (s.generate), or open a"
+                " session on the other prompt"
+            )
+        return rows // self.rows
+
+    def check_capture_rows(self, rows: int) -> None:
+        """Refuse capture over a batch of `rows` that is not one row per prompt row."""
+        if self.recorder is not None and rows != self.rows:
+            self.refuse(
+                _expanded_capture(
+                    f"a batch of {rows} rows for {self.rows} prompt row(s) (num_beams or"
+                    " num_return_sequences > 1)"
+                )
+            )
+
+    def refuse(self, message: str) -> None:
+        """Raise VlmflowError(message) and keep it, so that reading the capture raises it too
+        (a refusal inside a thread does not reach the thread that reads the results)."""
+        error = VlmflowError(message)
+        if self.refusal is None:
+            self.refusal = error
+        raise error
+
+    def check_inputs(self, input_ids: torch.Tensor, past: int) -> None:
+        """Refuse a forward pass whose token ids at prompt positions are not the prompt's.
+
+        `input_ids` (b * k, q) holds positions [past, past + q) of every row; row r must hold
+        prompt row r // k there (positions past the prompt are generated tokens: any id).
+        """
+        n = self.prompt_length
+        if past >= n:
+            return
+        k = self.expansion(int(input_ids.shape[0]))
+        stop = min(past + int(input_ids.shape[1]), n)
+        expected = self.prompt.input_ids[:, past:stop].to(input_ids.device)  # (b, stop - past)
+        if not torch.equal(input_ids[:, : stop - past], expected.repeat_interleave(k, dim=0)):
+            self.refuse(
+                "the model ran other input ids than the session's prompt: a session's roles"
+                " belong to the prompt it was opened on; open a session on the other prompt"
+            )
 
     @property
     def prompt_length(self) -> int:
@@ -75,14 +151,18 @@ class Session:
     def touches(self, layer: int) -> bool:
         return layer in self._touched
 
-    def key_roles(self, kv_len: int, device: torch.device | None = None) -> torch.Tensor:
-        """(b, kv) role codes on `device`; positions past the prompt are generated tokens.
+    def key_roles(
+        self, kv_len: int, device: torch.device | None = None, expand: int = 1
+    ) -> torch.Tensor:
+        """(b * expand, kv) role codes on `device`; positions past the prompt are generated
+        tokens; row r holds prompt row r // expand (the rows of `num_beams` and
+        `num_return_sequences`).
 
         One copy per device, so layers spread over several GPUs (`device_map="auto"`) each read
         their own without a transfer per call.
         """
         device = device or self._codes.device
-        codes = self._by_device.get(device)
+        codes = self._by_device.get((device, expand))
         if codes is None or kv_len > codes.shape[1]:
             base = self._codes
             if kv_len > base.shape[1]:
@@ -93,7 +173,8 @@ class Session:
                     device=base.device,
                 )
                 self._codes = base = torch.cat([base, extra], dim=1)
-            codes = self._by_device[device] = base.to(device)
+            codes = base.to(device).repeat_interleave(expand, dim=0)
+            self._by_device[(device, expand)] = codes
         return codes[:, :kv_len]
 
     def query_role_codes(self, start: int, end: int) -> frozenset[int]:
@@ -124,13 +205,47 @@ class Session:
 
     @property
     def capture(self) -> CaptureResult:
+        """What the session captured; raises VlmflowError if it captures nothing or refused
+        a run (e.g. an expanded batch run in a thread)."""
         if self.recorder is None:
             raise VlmflowError("this session captures nothing: pass capture=Capture(...)")
+        if self.refusal is not None:
+            raise VlmflowError(str(self.refusal))
         return self.recorder.result()
 
-    def generate(self, **kwargs: Any) -> torch.Tensor:
-        """Greedy `model.generate` on the session's prompt; returns (b, new) generated ids."""
-        return self.handle.generate(self.prompt, **kwargs)
+    def generate(self, **kwargs: Any) -> Any:
+        """`model.generate` on the session's prompt; greedy (`do_sample=False`) and
+        `max_new_tokens=32` unless given. Every `generate()` keyword passes through.
+
+        Returns (b * k, new) generated ids, k = `num_return_sequences` (row r answers prompt
+        row r // k); with `return_dict_in_generate=True` the output object, its `sequences` cut
+        to the generated ids the same way.
+        """
+        clash = sorted(set(kwargs) & set(self.prompt.inputs))
+        if clash:
+            raise VlmflowError(
+                f"s.generate() runs the session's own prompt: drop {', '.join(clash)}"
+                " (open a session on another prompt to run that)"
+            )
+        expanded = [k for k in _EXPANDING if int(kwargs.get(k) or 1) > 1]
+        if self.recorder is not None and expanded:
+            self.refuse(_expanded_capture(", ".join(f"{k}={kwargs[k]}" for k in expanded)))
+        settings = {"do_sample": False, "max_new_tokens": 32, **kwargs}
+        n = self.prompt_length
+        with torch.inference_mode():
+            out = self.handle.model.generate(**self.prompt.inputs, **settings)
+        if isinstance(out, torch.Tensor):
+            return out[:, n:]
+        out.sequences = out.sequences[:, n:]
+        return out
+
+
+def _expanded_capture(cause: str) -> str:
+    return (
+        f"capture records one row per prompt row, but {cause} runs several rows per prompt row"
+        " whose order beam search changes at every step: capture without num_beams and"
+        " num_return_sequences, or repeat the prompt in a batch (prepare_batch) and sample"
+    )
 
 
 def _image_index(layout: PromptLayout) -> torch.Tensor:
@@ -150,11 +265,17 @@ def session(
     knockout: Knockout | Sequence[Knockout] = (),
     capture: Capture | None = None,
 ) -> Iterator[Session]:
-    """Scope knockouts and capture to the `with` block; they apply to `prompt`'s batch."""
+    """Scope knockouts and capture to the `with` block; they apply to `prompt`'s batch, on
+    `handle`'s model only.
+
+    Threads: code in the block, and threads run with `contextvars.copy_context().run` from it,
+    use the session. A thread with no session of its own (e.g. transformers' streaming recipe,
+    `generate` in a `threading.Thread`) runs the model under the session open on that model;
+    when sessions on it are open in several threads, such a thread gets a VlmflowError.
+    Raises VlmflowError for inputs the session cannot handle exactly (another prompt, capture
+    with num_beams or num_return_sequences > 1).
+    """
     knockouts = [knockout] if isinstance(knockout, Knockout) else list(knockout)
     state = Session(handle, prompt, knockouts, capture)
-    token = backend.ACTIVE.set(state)
-    try:
+    with backend.entered(state):
         yield state
-    finally:
-        backend.ACTIVE.reset(token)
