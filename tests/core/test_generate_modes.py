@@ -258,6 +258,30 @@ def test_generate_keywords_pass_through(tiny_path, photo):
     assert explicit.tolist() == default.tolist()
     assert longer.shape == (1, 10)
     assert out.sequences.tolist() == default[:, :3].tolist()
+    plain = handle.generate(prompt, max_new_tokens=8)
+    assert handle.generate(prompt, do_sample=False, max_new_tokens=8).tolist() == plain.tolist()
+    with pytest.raises(vlmflow.VlmflowError, match="drop pixel_values"):
+        handle.generate(prompt, pixel_values=prompt.inputs["pixel_values"])
+
+
+def test_capture_holds_the_latest_run(tiny_path, photo):
+    """A second s.generate() in one session starts its capture anew: a longer run then a
+    shorter one captures what a fresh session running only the shorter one captures."""
+    handle = _load(tiny_path, "llava")
+    prompt = handle.prepare(photo)
+    capture = vlmflow.Capture.of(image_layers="all")
+    with vlmflow.session(handle, prompt, capture=capture) as s:
+        s.generate(max_new_tokens=8, min_new_tokens=8)
+        s.generate(max_new_tokens=3, min_new_tokens=3)
+        twice = s.capture
+    with vlmflow.session(handle, prompt, capture=capture) as s:
+        s.generate(max_new_tokens=3, min_new_tokens=3)
+        once = s.capture
+    assert twice.num_steps == once.num_steps == 3
+    assert torch.equal(twice.fractions.nan_to_num(-1), once.fractions.nan_to_num(-1))
+    assert twice.image_rows.keys() == once.image_rows.keys()
+    for layer, rows in once.image_rows.items():
+        assert torch.equal(twice.image_rows[layer], rows)
 
 
 def test_capture_with_beams_is_refused(tiny_path, photo):

@@ -119,7 +119,8 @@ def _check_inputs(
     session: Session, model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """Forward pre-hook on the session's model: when the session applies to this pass, refuse
-    token ids that are not its prompt's."""
+    token ids that are not its prompt's; a pass from position 0 starts a new run, so the capture
+    keeps only the latest run (a second `s.generate()` never mixes its steps with the first's)."""
     ids = kwargs.get("input_ids", args[0] if args else None)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         return
@@ -127,6 +128,8 @@ def _check_inputs(
     past = int(cache.get_seq_length()) if cache is not None else 0
     if current(model, int(ids.shape[1]), past + int(ids.shape[1])) is session:
         session.check_inputs(ids, past)
+        if past == 0 and session.recorder is not None:
+            session.recorder.clear()
 
 
 def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:

@@ -87,6 +87,11 @@ class Recorder:
         il = capture.image_layers.resolve(num_layers) if capture.image_layers else frozenset()
         return cls(capture, num_layers, fl, il, image_index)
 
+    def clear(self) -> None:
+        """Forget what was recorded (a new run over the prompt begins)."""
+        self._fractions.clear()
+        self._rows.clear()
+
     def wants(self, layer: int, step: int) -> bool:
         if self.capture.steps is not None and step not in self.capture.steps:
             return False

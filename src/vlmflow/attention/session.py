@@ -205,8 +205,9 @@ class Session:
 
     @property
     def capture(self) -> CaptureResult:
-        """What the session captured; raises VlmflowError if it captures nothing or refused
-        a run (e.g. an expanded batch run in a thread)."""
+        """What the session captured in its latest run over the prompt (each run from position
+        0, e.g. each `s.generate()`, starts anew); raises VlmflowError if it captures nothing or
+        refused a run (e.g. an expanded batch run in a thread)."""
         if self.recorder is None:
             raise VlmflowError("this session captures nothing: pass capture=Capture(...)")
         if self.refusal is not None:
@@ -214,30 +215,17 @@ class Session:
         return self.recorder.result()
 
     def generate(self, **kwargs: Any) -> Any:
-        """`model.generate` on the session's prompt; greedy (`do_sample=False`) and
-        `max_new_tokens=32` unless given. Every `generate()` keyword passes through.
+        """`Handle.generate` on the session's prompt (greedy and `max_new_tokens=32` unless
+        given; every `generate()` keyword passes through); returns what it returns.
 
-        Returns (b * k, new) generated ids, k = `num_return_sequences` (row r answers prompt
-        row r // k); with `return_dict_in_generate=True` the output object, its `sequences` cut
-        to the generated ids the same way.
+        Raises VlmflowError for capture with `num_beams` or `num_return_sequences` > 1 (rows
+        reordered by beam search are not the returned sequences) and for prompt inputs given
+        as keywords.
         """
-        clash = sorted(set(kwargs) & set(self.prompt.inputs))
-        if clash:
-            raise VlmflowError(
-                f"s.generate() runs the session's own prompt: drop {', '.join(clash)}"
-                " (open a session on another prompt to run that)"
-            )
         expanded = [k for k in _EXPANDING if int(kwargs.get(k) or 1) > 1]
         if self.recorder is not None and expanded:
             self.refuse(_expanded_capture(", ".join(f"{k}={kwargs[k]}" for k in expanded)))
-        settings = {"do_sample": False, "max_new_tokens": 32, **kwargs}
-        n = self.prompt_length
-        with torch.inference_mode():
-            out = self.handle.model.generate(**self.prompt.inputs, **settings)
-        if isinstance(out, torch.Tensor):
-            return out[:, n:]
-        out.sequences = out.sequences[:, n:]
-        return out
+        return self.handle.generate(self.prompt, **kwargs)
 
 
 def _expanded_capture(cause: str) -> str:

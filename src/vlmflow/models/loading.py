@@ -95,13 +95,29 @@ class Handle:
         inputs.update(moved)
         return Prompt(inputs, layout, tuple(texts))
 
-    def generate(self, prompt: Prompt, max_new_tokens: int = 32, **kwargs: Any) -> torch.Tensor:
-        """Greedy generation (inside a session or not); returns (b, new) ids."""
-        with torch.inference_mode():
-            out = self.model.generate(
-                **prompt.inputs, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
+    def generate(self, prompt: Prompt, **kwargs: Any) -> Any:
+        """`model.generate` on `prompt` (inside a session or not): greedy (`do_sample=False`)
+        and `max_new_tokens=32` unless given; every other `generate()` keyword passes through.
+
+        Returns (b * k, new) generated ids, k = `num_return_sequences` (row r answers prompt row
+        r // k); with `return_dict_in_generate=True` the output object, its `sequences` cut to
+        the generated ids the same way. Raises VlmflowError for a keyword that is one of the
+        prompt's own inputs (`input_ids`, `pixel_values`, ...).
+        """
+        clash = sorted(set(kwargs) & set(prompt.inputs))
+        if clash:
+            raise VlmflowError(
+                f"generate() runs the prepared prompt: drop {', '.join(clash)} (prepare another"
+                " prompt to run other inputs)"
             )
-        return out[:, prompt.layout.length :]
+        settings = {"do_sample": False, "max_new_tokens": 32, **kwargs}
+        n = prompt.layout.length
+        with torch.inference_mode():
+            out = self.model.generate(**prompt.inputs, **settings)
+        if isinstance(out, torch.Tensor):
+            return out[:, n:]
+        out.sequences = out.sequences[:, n:]
+        return out
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
