@@ -18,7 +18,7 @@ DEFAULT_PROMPT = "Describe the image."
 DEFAULT_MODEL = "vlmflow-tiny"
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 
-ImageLike = Any  # PIL.Image.Image | str | Path
+ImageLike = Any  # PIL.Image.Image | str | Path | http(s) URL | numpy array (see vlmflow.images)
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,18 @@ class Handle:
         return self.prepare_batch([(seq, prompt)])
 
     def prepare_batch(self, items: Sequence[tuple[Sequence[ImageLike], str]]) -> Prompt:
-        """A left-padded batch of prompts, each with its own images and text."""
-        from vlmflow.images import open_image
+        """A left-padded batch of prompts, each with its own images and text.
+
+        Images are read by `vlmflow.images.read_image` (upright, stored mode kept). Raises
+        VlmflowError for an image that cannot be read exactly, a text that spells one of the
+        tokenizer's special tokens, and an input the family's processor refuses.
+        """
+        from vlmflow.images import read_image
 
         texts, flat, per_row = [], [], []
         for images, text in items:
-            pil = [open_image(i) for i in images]
+            self._check_text(text)
+            pil = [read_image(i) for i in images]
             content: list[dict[str, str]] = [{"type": "image"} for _ in pil]
             content.append({"type": "text", "text": text})
             messages = [{"role": "user", "content": content}]
@@ -82,7 +88,14 @@ class Handle:
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         if flat:
             kwargs["images"] = per_row if self.family == "idefics3" else flat
-        inputs = self.processor(**kwargs)
+        try:
+            inputs = self.processor(**kwargs)
+        except ValueError as err:  # the model's own limits (aspect ratio, size, ...)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise VlmflowError(
+                f"the {self.family} processor refuses this input ({first}): crop, pad or resize "
+                "the image to a shape this model accepts"
+            ) from None
         image_inputs = _image_inputs(inputs, per_row)
         layout = self.roles.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs)
         dtype = self.model.dtype
@@ -94,6 +107,25 @@ class Handle:
         }
         inputs.update(moved)
         return Prompt(inputs, layout, tuple(texts))
+
+    def _check_text(self, text: str) -> None:
+        """Refuse user text that spells a special token (`<image>`, `<|vision_start|>`, ...).
+
+        Processors expand image placeholders by string replacement over the whole prompt and
+        tokenizers read special tokens anywhere, so such text would not reach the model as the
+        text typed: it would become image slots or control tokens (or end in a count mismatch).
+        """
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        decoder = getattr(tokenizer, "added_tokens_decoder", {})
+        specials = {str(t) for t in decoder.values() if getattr(t, "special", False)}
+        specials.update(str(t) for t in getattr(tokenizer, "all_special_tokens", ()))
+        for token in sorted(specials, key=len, reverse=True):
+            if token and token in text:
+                raise VlmflowError(
+                    f"the prompt contains {token!r}, a special token of this model's tokenizer "
+                    "that would not reach the model as text: reword it (e.g. spell it with "
+                    "spaces)"
+                )
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> Any:
         """`model.generate` on `prompt` (inside a session or not): greedy (`do_sample=False`)
