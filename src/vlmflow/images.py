@@ -169,7 +169,12 @@ def _decode(data: bytes, name: str, limit: int | None) -> Any:
                     return ImageOps.exif_transpose(im)
         except Image.DecompressionBombError:
             raise VlmflowError(_too_large(name, limit, None)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except UnidentifiedImageError:
+            raise VlmflowError(
+                f"cannot read image {name}: it is not in an image format PIL reads: give a PNG or"
+                " JPEG file (or another format PIL reads)"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as err:
             raise VlmflowError(
                 f"cannot read image {name} ({type(err).__name__}: {_first_line(err)}): give an "
                 "intact PNG or JPEG file (or another format PIL reads)"

@@ -262,6 +262,8 @@ def test_generate_keywords_pass_through(tiny_path, photo):
     assert handle.generate(prompt, do_sample=False, max_new_tokens=8).tolist() == plain.tolist()
     with pytest.raises(vlmflow.VlmflowError, match="drop pixel_values"):
         handle.generate(prompt, pixel_values=prompt.inputs["pixel_values"])
+    with pytest.raises(vlmflow.VlmflowError, match="at least 1 new token"):
+        handle.generate(prompt, max_new_tokens=0)
 
 
 def test_capture_holds_the_latest_run(tiny_path, photo):

@@ -305,6 +305,11 @@ def test_unreadable_sources_are_one_line_errors(server: str, tmp_path: Path) -> 
         read_image(np.zeros((3, 20, 30), np.uint8))  # channels first
     with pytest.raises(VlmflowError, match="cannot use a dict"):
         read_image({"image": "x"})
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(VlmflowError, match="not in an image format PIL reads") as error:
+        read_image(text)
+    assert "object at" not in str(error.value) and "\n" not in str(error.value)
 
 
 def test_model_limits_are_one_line_errors(handles: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         context.save(args.save)
     if not args.json:
         print(f"description ({built:.2f} s): {context.description}")
-        print(f"context: {context.context_tokens} of {context.full_tokens} tokens (k={args.k})")
+        print(f"context: {context.context_tokens} of {context.full_tokens} tokens (k={context.k})")
     for question in args.question:
         answer = context.ask(question, max_new_tokens=args.max_new_tokens)
         if args.json:

@@ -134,7 +134,7 @@ class Handle:
         Returns (b * k, new) generated ids, k = `num_return_sequences` (row r answers prompt row
         r // k); with `return_dict_in_generate=True` the output object, its `sequences` cut to
         the generated ids the same way. Raises VlmflowError for a keyword that is one of the
-        prompt's own inputs (`input_ids`, `pixel_values`, ...).
+        prompt's own inputs (`input_ids`, `pixel_values`, ...) and for `max_new_tokens` < 1.
         """
         clash = sorted(set(kwargs) & set(prompt.inputs))
         if clash:
@@ -143,6 +143,9 @@ class Handle:
                 " prompt to run other inputs)"
             )
         settings = {"do_sample": False, "max_new_tokens": 32, **kwargs}
+        new = settings["max_new_tokens"]
+        if new is not None and int(new) < 1:
+            raise VlmflowError(f"max_new_tokens={new}: generate at least 1 new token")
         n = prompt.layout.length
         with torch.inference_mode():
             out = self.model.generate(**prompt.inputs, **settings)
