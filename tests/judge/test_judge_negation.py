@@ -1,5 +1,5 @@
 """Absence as people write it: every phrasing of `negation.PHRASINGS`, in both texts, and the
-sentences that only look negative."""
+sentences that only look negative, through both judges that read the table (offline, scene)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,24 @@ def absent_sentence(words: tuple[str, ...], side: str, obj: str) -> str:
     return f"A dog on the grass. The {obj} {cue}."
 
 
+# The scene judge's closed vocabulary: every object word of the sentences below, each its own
+# entry (so "bike" is not "bicycle"); "grass" is none, as the offline judge reads it as setting.
+SCENE_VOCABULARY = {
+    name: []
+    for name in (
+        "dog cat bicycle umbrella traffic light bird hat man car scarf bench table chair sofa "
+        "bike tree truck bus bowl spoon cup wheel"
+    ).split()
+    if name not in ("traffic", "light")
+}
+SCENE_VOCABULARY["traffic light"] = []
+
+
 def names(judge: Any, text: str) -> list[str]:
+    from vlmflow.judge.scene import SceneJudge
+
+    if isinstance(judge, SceneJudge):
+        return judge.vocabulary.find(text)
     return [n.name for n in judge.extract(text)]
 
 
@@ -30,6 +47,24 @@ def wordnet_judge() -> Any:
     from vlmflow.judge.offline import OfflineJudge
 
     return OfflineJudge(use_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def scene_judge() -> Any:
+    from vlmflow.judge.scene import SceneJudge
+
+    return SceneJudge(SCENE_VOCABULARY)
+
+
+@pytest.fixture(params=["offline", "scene"])
+def extracting_judge(request: pytest.FixtureRequest) -> Any:
+    """Each judge whose object lists read `negation`: the offline one without embeddings."""
+    return request.getfixturevalue("wordnet_judge" if request.param == "offline" else "scene_judge")
+
+
+@pytest.fixture(params=["offline", "scene"])
+def comparing_judge(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("offline_judge" if request.param == "offline" else "scene_judge")
 
 
 def test_the_table_expands_to_word_sequences() -> None:
@@ -51,27 +86,27 @@ def test_the_table_expands_to_word_sequences() -> None:
 
 
 @pytest.mark.parametrize("obj", OBJECTS)
-def test_every_phrasing_makes_the_object_absent(wordnet_judge: Any, obj: str) -> None:
+def test_every_phrasing_makes_the_object_absent(extracting_judge: Any, obj: str) -> None:
     """Each word sequence of the table, with each object: the object is dropped, the dog kept."""
     wrong = []
     for words, side in negation.CUES.items():
         text = absent_sentence(words, side, obj)
-        if names(wordnet_judge, text) != ["dog"]:
-            wrong.append((text, names(wordnet_judge, text)))
+        if names(extracting_judge, text) != ["dog"]:
+            wrong.append((text, names(extracting_judge, text)))
     assert not wrong, wrong[:10]
 
 
 @pytest.mark.parametrize(("phrasing", "side"), negation.PHRASINGS)
 @pytest.mark.parametrize("obj", ["cat", "bicycle"])
 def test_absent_objects_count_in_verdicts(
-    offline_judge: Any, phrasing: str, side: str, obj: str
+    comparing_judge: Any, phrasing: str, side: str, obj: str
 ) -> None:
     """In the candidate the absent object is a false negative; in the reference it is not an
     object of the reference, so the candidate's mention of it is a false positive."""
     said_absent = absent_sentence(negation.expand(phrasing)[0], side, obj)
-    v = offline_judge.compare(REFERENCE.format(obj=obj), said_absent)
+    v = comparing_judge.compare(REFERENCE.format(obj=obj), said_absent)
     assert (v.tp, v.fn, v.fp) == (1, 1, 0), (said_absent, v)
-    v = offline_judge.compare(said_absent, REFERENCE.format(obj=obj))
+    v = comparing_judge.compare(said_absent, REFERENCE.format(obj=obj))
     assert (v.tp, v.fn, v.fp) == (1, 0, 1), (said_absent, v)
 
 
@@ -100,8 +135,8 @@ def test_absent_objects_count_in_verdicts(
         "A dog on the grass. The dog is not wearing a cat costume, and no cat is there.",
     ],
 )
-def test_phrasings_as_people_write_them(offline_judge: Any, candidate: str) -> None:
-    v = offline_judge.compare("A dog and a cat on the grass.", candidate)
+def test_phrasings_as_people_write_them(comparing_judge: Any, candidate: str) -> None:
+    v = comparing_judge.compare("A dog and a cat on the grass.", candidate)
     assert v.tp == 1 and v.fn == 1 and "cat" in v.missing, (candidate, v)
     assert "cat" not in v.candidate_objects
 
@@ -128,9 +163,9 @@ def test_phrasings_as_people_write_them(offline_judge: Any, candidate: str) -> N
     ],
 )
 def test_counter_cases_keep_present_objects(
-    wordnet_judge: Any, text: str, present: set[str], absent: set[str]
+    extracting_judge: Any, text: str, present: set[str], absent: set[str]
 ) -> None:
-    found = set(names(wordnet_judge, text))
+    found = set(names(extracting_judge, text))
     assert present <= found and not absent & found, (text, found)
 
 
