@@ -145,3 +145,63 @@ def test_rankings_aggregate_the_generated_tokens_attention(family, tiny_path, ph
     assert contexts["max"].rank == "max"
     with pytest.raises(vlmflow.VlmflowError, match="rank"):
         compress(handle, photo, k=0.25, rank="mean")
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_one_token_description_ranks_by_the_last_prompt_position(family, tiny_path, photo):
+    """A description of one token has no generated query: the image tokens are ranked by the
+    attention of the last prompt position (which predicted that token), computed here from an
+    eager model's attentions, and the kept set is exactly its top k per layer."""
+    from transformers import AutoModelForImageTextToText
+
+    path = str(tiny_path(family))
+    handle = vlmflow.load(path)
+    prompt = handle.prepare(photo)
+    codes = prompt.layout.codes[0]
+    image_positions = [p for p in range(prompt.layout.length) if codes[p] == Role.IMAGE]
+    eager = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.inference_mode():
+        out = eager(**prompt.inputs, output_attentions=True)
+    first_token = int(out.logits[0, -1].argmax())
+    n_keep = round(0.25 * len(image_positions))
+    n_half = round(0.125 * len(image_positions))
+    rows, expected, expected_half = [], [], []
+    for layer_attention in out.attentions:  # (1, h, n, n) per layer
+        row = layer_attention[0, :, -1, image_positions].float().mean(0)  # (n_image,)
+        order = sorted(range(len(image_positions)), key=lambda i: (-float(row[i]), i))
+        rows.append(row)
+        expected.append(sorted(image_positions[i] for i in order[:n_keep]))
+        expected_half.append(sorted(image_positions[i] for i in order[:n_half]))
+    assert len(rows) == handle.num_layers
+
+    contexts = [
+        compress(handle, photo, k=0.25, max_new_tokens=1, rank=rank) for rank in ("sum", "max")
+    ]
+    # the model ends its description at once: its first token is the end of sequence
+    handle.model.generation_config.eos_token_id = first_token
+    contexts.append(compress(handle, photo, k=0.25, max_new_tokens=8, rank="max"))
+    for context in contexts:
+        for layer, row in enumerate(rows):
+            torch.testing.assert_close(context.scores[layer], row, atol=1e-5, rtol=1e-4)
+            kept = [p for p in context.kept[layer] if codes[p] == Role.IMAGE]
+            assert kept == expected[layer], (context.rank, layer)
+        # a context cut from it keeps the same ranking
+        half = context.pruned(0.125)
+        for layer in range(handle.num_layers):
+            kept = [p for p in half.kept[layer] if codes[p] == Role.IMAGE]
+            assert kept == expected_half[layer], (context.rank, layer)
+    with pytest.raises(vlmflow.VlmflowError, match="max_new_tokens"):
+        compress(handle, photo, k=0.25, max_new_tokens=0)
+
+
+def test_equal_scores_keep_the_earlier_image_token():
+    from vlmflow.compress.context import image_scores, top_indices
+
+    assert top_indices(torch.tensor([0.1, 0.3, 0.3, 0.0, 0.3]), 2).tolist() == [1, 2]
+    rows = torch.tensor([[0.5, 0.1, 0.2], [0.1, 0.4, 0.0], [0.3, 0.1, 0.0]])  # (steps, n_image)
+    torch.testing.assert_close(image_scores(rows, "sum"), torch.tensor([0.4, 0.5, 0.0]))
+    torch.testing.assert_close(image_scores(rows, "max"), torch.tensor([0.3, 0.4, 0.0]))
+    for rank in ("sum", "max"):  # one row: the last prompt position's
+        torch.testing.assert_close(image_scores(rows[:1], rank), rows[0])
+    with pytest.raises(vlmflow.VlmflowError, match="max_new_tokens"):
+        image_scores(rows[:0], "sum")

@@ -185,6 +185,79 @@ def test_topk_ranks_by_attention_from_generated_tokens() -> None:
     assert ranking.blocked(1.0) == {}
 
 
+def _baseline_ranking(handle: Any, max_new_tokens: int) -> tuple[Any, Any, Any]:
+    """topk's baseline on fixed scene 0: its generation, capture and ranking."""
+    from vlmflow.attention.capture import Capture
+
+    prompt = handle.prepare(load_fixed_scene(0).image)
+    capture = Capture.of(fractions=False, image_layers="all", dtype="float32")
+    generation, result = describe(handle, prompt, max_new_tokens, (), capture)
+    assert result is not None
+    return generation, result, rank_image_tokens(result, prompt.layout.image_positions(0))
+
+
+def _compressed_image_keys(handle: Any, k: float, max_new_tokens: int) -> list[list[int]]:
+    """Per layer, the image positions `vlmflow.compress` keeps at fraction k (sum ranking)."""
+    from vlmflow.compress import compress
+
+    context = compress(handle, load_fixed_scene(0).image, k=k, max_new_tokens=max_new_tokens)
+    image = set(context.image_positions)
+    return [[p for p in kept if p in image] for kept in context.kept]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_topk_ranking_is_the_old_rule_for_real_descriptions(handles: Any, family: str) -> None:
+    """Descriptions of two or more tokens rank exactly as before the ranking was shared with
+    compress (sum of the generated tokens' rows, stable sort), and compress keeps their top k."""
+    handle = handles(family)
+    generation, capture, ranking = _baseline_ranking(handle, 8)
+    assert len(generation.ids) >= 2
+    positions = ranking.positions
+    assert sorted(ranking.order) == list(range(handle.num_layers))
+    for layer, rows in capture.image_rows.items():  # (steps, b, n_image)
+        assert rows.shape[0] == len(generation.ids)
+        old = torch.sort(rows[1:, 0].float().sum(0), descending=True, stable=True).indices
+        assert ranking.order[layer] == tuple(positions[i] for i in old.tolist()), layer
+    kept = _compressed_image_keys(handle, 0.25, 8)
+    n_keep = round(0.25 * len(positions))
+    assert [sorted(ranking.order[layer][:n_keep]) for layer in range(len(kept))] == kept
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_topk_ranks_a_one_token_description_as_compress_does(handles: Any, family: str) -> None:
+    """A one-token description has no generated query: the last prompt position's row ranks the
+    image tokens (it used to score all of them 0 and keep prompt order), as in compress."""
+    handle = handles(family)
+    generation, capture, ranking = _baseline_ranking(handle, 1)
+    assert len(generation.ids) == 1
+    positions = ranking.positions
+    for layer, rows in capture.image_rows.items():  # (1, b, n_image)
+        assert rows.shape[0] == 1
+        row = rows[0, 0].float()  # (n_image,) the last prompt position's attention
+        expected = sorted(range(len(positions)), key=lambda i: (-float(row[i]), i))
+        assert ranking.order[layer] == tuple(positions[i] for i in expected), layer
+    assert any(order != positions for order in ranking.order.values())
+    for k in (0.125, 0.5):
+        n_keep = round(k * len(positions))
+        kept = _compressed_image_keys(handle, k, 1)
+        assert [sorted(ranking.order[layer][:n_keep]) for layer in range(len(kept))] == kept
+
+
+def test_topk_equal_scores_keep_the_earlier_image_position() -> None:
+    rows = torch.tensor(
+        [[[0.0, 0.75, 0.0, 0.0]], [[0.25, 0.125, 0.25, 0.5]], [[0.25, 0.125, 0.25, 0.0]]]
+    )  # (steps, b, n_image): exact binary fractions, so the equal sums are equal
+    capture = vlmflow.CaptureResult(
+        fractions=torch.zeros(3, 1, 1, 4),
+        image_rows={0: rows, 1: rows[:1]},  # layer 1: a one-token description's row only
+        image_positions=torch.tensor([[5, 6, 7, 8]]),
+    )
+    ranking = rank_image_tokens(capture, [5, 6, 7, 8])
+    assert ranking.order[0] == (5, 7, 8, 6)  # 0.5, 0.5, 0.5, 0.25
+    assert ranking.order[1] == (6, 5, 7, 8)  # 0.75, then zeros in prompt order
+    assert ranking.blocked(0.25) == {0: [6, 7, 8], 1: [5, 7, 8]}
+
+
 # -- localization ---------------------------------------------------------------------------
 
 

@@ -56,3 +56,18 @@ def test_from_types_and_public_constructor() -> None:
     assert j.compare("a mouse", "mice").tp == 1
     # A different vocabulary is a different cache identity.
     assert judge.SceneJudge({"dog": []}).model != judge.SceneJudge({"dog": ["puppy"]}).model
+
+
+def test_absent_phrases_end_at_their_noun_phrase() -> None:
+    """Without a tagger, words before a vocabulary noun are its modifiers and a word right after
+    one starts something else: the absent phrase takes the first, never the second."""
+    find = SceneVocabulary.from_mapping(VOCAB).find
+    assert find("I cannot see a fluffy dog, only a car.") == ["car"]
+    assert find("There are no big red buses next to the car.") == ["car"]
+    assert find("No dog chases a bus.") == ["bus"]
+    assert find("There is no sign of a knife near the teddy bear.") == ["teddy bear"]
+    assert find("The small brown puppy is not visible; a car is.") == ["car"]
+    assert find("The bus and the car are absent.") == []
+    assert find("A bus passes and the car is missing.") == ["bus"]
+    assert find("A teddy bear without a dog and a knife.") == ["teddy bear", "knife"]
+    assert find("No-one drives the bus.") == ["bus"]

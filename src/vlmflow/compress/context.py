@@ -13,6 +13,12 @@ generated token visits a little, which in early layers are background "sink" tok
 maximum keeps the tokens some word actually looked at. On vlmflow-tiny's fixed scenes, 13 of
 256 tokens per layer, the share of kept tokens that lie on an object is 0.65 by sum and 0.76
 by max (chance 0.24); README's Table 1 gives both rankings' answers.
+
+A description of one token (the model ends at once, or `max_new_tokens=1`) has no generated
+query: its token was predicted at the last prompt position and never read back. Then that
+position's attention (in each layer, heads averaged) ranks the image tokens: it is the attention
+that produced the whole description, the one-token case of the paper's "attention from generated
+tokens" (Sec. 5). Equal scores keep the earlier image token (`top_indices`).
 """
 
 from __future__ import annotations
@@ -73,8 +79,7 @@ class CompressedContext:
         n_keep = round(k * len(self.image_positions))
         keys, values, kept = [], [], []
         for layer, score in enumerate(self.scores):
-            top = torch.topk(score, n_keep).indices.tolist() if n_keep else []
-            chosen = {self.image_positions[i] for i in top}
+            chosen = {self.image_positions[i] for i in top_indices(score, n_keep).tolist()}
             positions = [
                 p
                 for p in self.kept[layer]
@@ -135,6 +140,30 @@ class CompressedContext:
         from vlmflow.compress.storage import save_context
 
         save_context(self, path)
+
+
+def image_scores(rows: torch.Tensor, rank: str) -> torch.Tensor:
+    """(n_image,) float32 score of each image token in one layer, from `rows` (steps, n_image):
+    the image attention row of each step, heads averaged (step 0: the last prompt position,
+    steps t >= 1: generated token t-1), aggregated by `rank` ("sum" or "max").
+
+    The generated tokens' rows (steps >= 1) rank the image tokens. A description of one token
+    has none (its only token was predicted at the last prompt position, and generation stopped
+    before that token was read back): then the last prompt position's row ranks them, the
+    attention that predicted the description's first (and only) token; with one row "sum" and
+    "max" agree. Raises VlmflowError when `rows` has no step at all.
+    """
+    if rows.shape[0] == 0:
+        raise VlmflowError("no attention row was captured: describe with max_new_tokens >= 1")
+    ranked = rows[1:] if rows.shape[0] > 1 else rows[:1]  # (generated or 1, n_image)
+    ranked = ranked.float()
+    return ranked.sum(0) if rank == "sum" else ranked.max(0).values
+
+
+def top_indices(score: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """(n_keep,) indices of the highest scores, highest first; ties keep the earlier index, so
+    the kept set never depends on the sorting kernel."""
+    return torch.sort(score, descending=True, stable=True).indices[:n_keep]
 
 
 def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
@@ -198,10 +227,20 @@ def compress(
     max_new_tokens: int = 64,
     rank: str = "sum",
 ) -> CompressedContext:
-    """Describe `image` once, rank image tokens per layer (`rank`: module docstring), keep the
-    top `k` of them."""
+    """Describe `image` once (greedy, at most `max_new_tokens` >= 1 tokens), rank image tokens
+    per layer by the description's attention (`rank`, and a one-token description: module
+    docstring, `image_scores`), keep the top `k` fraction of them (rounded to whole tokens).
+
+    Raises VlmflowError for k outside [0, 1], an unknown `rank`, `max_new_tokens` < 1, or not
+    exactly one image.
+    """
     import vlmflow
 
+    if max_new_tokens < 1:
+        raise VlmflowError(
+            f"max_new_tokens={max_new_tokens}: compressing ranks image tokens by the attention "
+            "of a description, give max_new_tokens >= 1"
+        )
     if not 0.0 <= k <= 1.0:
         raise VlmflowError(f"k={k} is not a fraction: give 0 <= k <= 1 (0.05 keeps 5%)")
     if rank not in RANKINGS:
@@ -229,11 +268,8 @@ def compress(
     always = [p for p in range(context_len) if codes[p] != Role.IMAGE]
     keys, values, kept, scores = [], [], [], []
     for layer, (lk, lv, *_) in enumerate(out.past_key_values):
-        # attention from generated tokens (steps >= 1: their queries are generated positions)
-        rows = result.image_rows[layer][1:, 0]  # (generated, n_image)
-        score = rows.sum(0) if rank == "sum" else rows.max(0).values  # (n_image,)
-        top = torch.topk(score, n_keep).indices if n_keep else torch.empty(0, dtype=torch.long)
-        positions = sorted(always + image_pos[top].tolist())
+        score = image_scores(result.image_rows[layer][:, 0], rank)  # (n_image,)
+        positions = sorted(always + image_pos[top_indices(score, n_keep)].tolist())
         index = torch.tensor(positions, device=lk.device)
         keys.append(lk[:, :, index].clone())  # (1, h_kv, c, d)
         values.append(lv[:, :, index].clone())

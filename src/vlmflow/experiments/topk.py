@@ -4,7 +4,10 @@ Per image: the baseline description is generated once with the attention rows ov
 captured at every layer. At each layer the image positions are ranked by the attention they
 received from the baseline's generated tokens (capture steps >= 1, whose queries are generated
 positions; step 0's query is the last prompt position and is left out), summed over steps and
-averaged over heads. The description is then generated again with generated-token queries
+averaged over heads; a one-token baseline has no generated query, and the last prompt
+position's attention ranks them. Scores and ties are `vlmflow.compress`'s ranking
+(`compress.context.image_scores` with "sum", `top_indices`): equal scores keep the earlier
+image position. The description is then generated again with generated-token queries
 blocked from every image position outside that layer's top `round(k * n)`, and judged against
 the baseline.
 
@@ -45,8 +48,6 @@ from vlmflow.experiments.knockout import (
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 
 if TYPE_CHECKING:
-    import torch
-
     from vlmflow.attention.capture import CaptureResult
     from vlmflow.models.loading import Handle, Prompt
 
@@ -100,20 +101,22 @@ class Ranking:
 def rank_image_tokens(capture: CaptureResult, positions: Sequence[int]) -> Ranking:
     """Rank image positions per layer by the attention the generated tokens paid them.
 
-    Ties (e.g. a one-token description has no generated query at all) keep prompt order, so the
-    ranking is deterministic.
+    The scores and the order are `vlmflow.compress`'s (`image_scores` with "sum",
+    `top_indices`), so top-k here keeps exactly the image tokens a compressed context keeps:
+    summed over the generated tokens' rows (for a one-token description, the last prompt
+    position's row), heads averaged; equal scores keep the earlier image position. Raises
+    RuntimeError when `capture` holds other image positions than `positions`.
     """
-    import torch
+    from vlmflow.compress.context import image_scores, top_indices
 
     captured = [int(p) for p in capture.image_positions[0].tolist()]
     if captured != list(positions):
         raise RuntimeError("captured image positions differ from the prompt's image positions")
     order: dict[int, tuple[int, ...]] = {}
-    index = torch.tensor(list(positions), dtype=torch.long)  # (n_image,)
     for layer, rows in capture.image_rows.items():  # rows: (steps, b, n_image)
-        score: torch.Tensor = rows[1:, 0].float().sum(0)  # (n_image,)
-        ranked = torch.sort(score, descending=True, stable=True).indices  # (n_image,)
-        order[layer] = tuple(int(p) for p in index[ranked].tolist())
+        score = image_scores(rows[:, 0], "sum")  # (n_image,)
+        ranked = top_indices(score, len(positions)).tolist()  # (n_image,) most attended first
+        order[layer] = tuple(int(positions[i]) for i in ranked)
     return Ranking(tuple(positions), order)
 
 

@@ -31,7 +31,8 @@ ADVERBS = frozenset(
     "probably likely clearly slightly partially partly mostly mainly nearby overhead away together "
     "again already almost well".split()
 )
-# Words after which a noun-phrase of absent things begins ("no cars", "without people").
+# Negative function words: "no cars", "without people" (the offline judge reads every phrasing
+# of absence from `negation.PHRASINGS`, which opens with these; the scene judge reads these).
 NEGATORS = frozenset("no without nor neither".split())
 CLAUSE_BREAKS = frozenset(". , ; : ! ? ( ) but while although though whereas".split())
 

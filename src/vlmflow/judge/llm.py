@@ -6,13 +6,16 @@ Settings come from arguments, else the environment: `VLMFLOW_JUDGE_BASE_URL` (or
 servers take none). The transport is `vlmflow.chat`, shared with re-prompting: transient failures
 (timeouts, refused connections, HTTP 429 / 5xx) are retried with exponential backoff; a reply
 that is not the JSON asked for raises `JudgeReplyError`, so a sweep records it as a failure
-instead of counting zeros.
+instead of counting zeros. Replies are read as chat models write them: reasoning sections
+(`<think>...</think>`) are skipped, and the answer is the last complete JSON object of the asked
+shape, wherever prose, code fences or drafts stand around it (`extract_json`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -97,37 +100,85 @@ class LlmJudge(Backend):
         return self.last_raw
 
 
-def extract_json(raw: str) -> dict[str, Any]:
-    """The first JSON object in a reply, tolerating code fences and text around it."""
-    text = raw.strip()
+# Reasoning sections some chat models write before their answer: `<think>...</think>` and the
+# like. Their text is never the answer, even when it holds a draft of it.
+_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?(</\1>|$)", re.DOTALL | re.IGNORECASE)
+_REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
+VERDICT_FIELDS = ("reference_objects", "candidate_objects", "matches")
+MENTIONS_FIELDS = ("answers",)
+
+
+def answer_text(raw: str) -> str:
+    """The reply without its reasoning sections: `<think>...</think>` blocks are removed, an
+    unclosed one runs to the end, and a reply that starts mid-reasoning (its `<think>` was in
+    the prompt) keeps only what follows the last closing tag."""
+    text = _REASONING.sub("", raw)
+    ends = list(_REASONING_END.finditer(text))
+    return text[ends[-1].end() :] if ends else text
+
+
+def json_objects(text: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every complete top-level JSON object in `text` as (index of its closing brace, object),
+    in order; prose, code fences and unbalanced braces around them are skipped, and objects
+    nested in another are not listed apart."""
+    found: list[tuple[int, dict[str, Any]]] = []
     start = text.find("{")
     while start != -1:
-        depth, in_string, escaped = 0, False, False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
+        end = _object_end(text, start)
+        value = None
+        if end is not None:
+            try:
+                value = json.loads(text[start : end + 1])
+            except json.JSONDecodeError:
+                value = None
+        if isinstance(value, dict) and end is not None:
+            found.append((end, value))
+            start = text.find("{", end + 1)
+        else:
+            start = text.find("{", start + 1)
+    return found
+
+
+def _object_end(text: str, start: int) -> int | None:
+    """Index of the brace closing the one at `start` (strings skipped), None if unclosed."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
             elif ch == '"':
-                in_string = True
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    try:
-                        value = json.loads(text[start : i + 1])
-                    except json.JSONDecodeError:
-                        break
-                    if isinstance(value, dict):
-                        return value
-                    break
-        start = text.find("{", start + 1)
-    raise JudgeReplyError("reply holds no JSON object", raw[:2000])
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def extract_json(raw: str, fields: Sequence[str] = ()) -> dict[str, Any]:
+    """The reply's final answer: the last complete JSON object outside reasoning sections that
+    has every key of `fields` (any object when `fields` is empty), wherever prose, code fences,
+    drafts or other objects stand around it. Raises JudgeReplyError when there is none, or when
+    a later answer naming those fields is cut off or malformed (the object found is a draft)."""
+    text = answer_text(raw)
+    objects = [(end, o) for end, o in json_objects(text) if all(f in o for f in fields)]
+    if not objects:
+        shape = f" with fields {', '.join(fields)}" if fields else ""
+        raise JudgeReplyError(f"reply holds no JSON object{shape} after its reasoning", raw[:2000])
+    end, answer = objects[-1]
+    later = text[end + 1 :]
+    later = later[later.find("{") :] if "{" in later else ""
+    if any(f in later for f in fields):
+        # a later answer was started but is cut off or not JSON: the one found is a draft
+        raise JudgeReplyError("the reply's last answer is incomplete or not JSON", raw[:2000])
+    return answer
 
 
 def _names(data: dict[str, Any], key: str, raw: str) -> list[str]:
@@ -143,8 +194,9 @@ def _names(data: dict[str, Any], key: str, raw: str) -> list[str]:
 
 
 def parse_verdict(raw: str, judge: Backend) -> Verdict:
-    """Validate a compare reply; every match must pair names from the two lists, once each."""
-    data = extract_json(raw)
+    """Validate a compare reply (its final answer: `extract_json`); every match must pair names
+    from the two lists, once each. Raises JudgeReplyError otherwise."""
+    data = extract_json(raw, VERDICT_FIELDS)
     refs = _names(data, "reference_objects", raw)
     cands = _names(data, "candidate_objects", raw)
     matches_raw = data.get("matches")
@@ -178,8 +230,9 @@ def parse_verdict(raw: str, judge: Backend) -> Verdict:
 
 
 def parse_mentions(raw: str, objects: Sequence[str]) -> tuple[bool, ...]:
-    """Validate a mentions reply: one boolean per asked object (matched by name, else order)."""
-    data = extract_json(raw)
+    """Validate a mentions reply (its final answer: `extract_json`): one boolean per asked
+    object (matched by name, else order). Raises JudgeReplyError otherwise."""
+    data = extract_json(raw, MENTIONS_FIELDS)
     answers = data.get("answers")
     if not isinstance(answers, list) or len(answers) != len(objects):
         raise JudgeReplyError(

@@ -4,7 +4,8 @@ Pipeline for one text:
 1. tokens, with WordNet noun compounds merged ("traffic light", "hot dogs" -> "hot dog");
 2. a small rule tagger picks which tokens are used as nouns (after a determiner or preposition)
    rather than verbs ("a man waits", "sheep graze") or noun modifiers ("orange vests",
-   "coffee mug"); quantity heads ("a pair of") and negated phrases ("no cars") are dropped;
+   "coffee mug"); quantity heads ("a pair of") and noun phrases said to be absent ("no cars",
+   "I cannot see a cat", "the cat is not visible": `negation.PHRASINGS`) are dropped;
 3. a noun is an object when one of its four most frequent WordNet senses lies in the artifact,
    animal, person, plant, food or natural-object files and under none of the setting classes
    (ways, rooms, land, bodies of water, beverages...), and the word is on no non-object list;
@@ -23,14 +24,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from vlmflow.judge import lexicon
+from vlmflow.judge import lexicon, negation
 from vlmflow.judge.protocol import Backend, Match, Verdict, greedy_matches
 from vlmflow.judge.wordnet import Synset, WordNet
 
 if TYPE_CHECKING:
     from vlmflow.judge.embeddings import Embedder
 
-VERSION = "offline-v1"
+VERSION = "offline-v2"  # v2: absence read from negation.PHRASINGS
 
 PHYSICAL_LEXNAMES = frozenset({"animal", "artifact", "food", "object", "person", "plant"})
 # (lemma, sense number) of WordNet classes that describe a setting, not an object in it.
@@ -298,14 +299,10 @@ class OfflineJudge(Backend):
                     unit.tag = "A"
         if units and units[-1].tag == "N" and units[-1].text in lexicon.COLOURS:
             units[-1].tag = "A"
-        # Negated noun phrases: from "no" / "without" to the end of the clause.
-        negating = False
-        for unit in units:
-            if unit.text in lexicon.NEGATORS:
-                negating = True
-            elif unit.text in lexicon.CLAUSE_BREAKS:
-                negating = False
-            unit.negated = negating
+        # Noun phrases said to be absent: "no cars", "I cannot see a cat", "the cat is absent".
+        absent = negation.absent_positions([u.text for u in units], [u.tag for u in units])
+        for i, unit in enumerate(units):
+            unit.negated = i in absent
         return units
 
     # ------------------------------------------------------------------ matching

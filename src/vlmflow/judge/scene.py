@@ -2,7 +2,9 @@
 
 When the images come from a world with a known object set, the judge need not guess what is an
 object: an object is a vocabulary entry named in the text by its name, a synonym or a plural, and
-two texts agree on it when they name the same entry. Deterministic, instant, no dependencies.
+two texts agree on it when they name the same entry. Objects a text says are absent ("no dog",
+"I cannot see a cat", "the cat is not visible") are not named: the phrasings and the noun-phrase
+rule are the offline judge's (`negation`). Deterministic, instant, no dependencies.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmflow.judge import lexicon
+from vlmflow.judge import lexicon, negation
 from vlmflow.judge.protocol import Backend, Match, Verdict
 
-VERSION = "scene-v1"
+VERSION = "scene-v2"  # v2: absence read from negation.PHRASINGS
 
 _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*|[.,;:!?()]")
+# Function words: never a modifier inside an absent noun phrase (determiners are read by word).
+_CLOSED = (
+    lexicon.DETERMINERS
+    | lexicon.SUBJECT_PRONOUNS
+    | lexicon.PREPOSITIONS
+    | lexicon.CONJUNCTIONS
+    | lexicon.AUXILIARIES
+    | lexicon.ADVERBS
+    | lexicon.NEGATORS
+    | lexicon.CLAUSE_BREAKS
+)
 
 
 def plurals(name: str) -> tuple[str, ...]:
@@ -74,28 +87,56 @@ class SceneVocabulary:
         return self.surface.get(" ".join(word.lower().split()))
 
     def find(self, text: str) -> list[str]:
-        """Canonical names a text names, first mention first; negated phrases ("no dog") skipped."""
+        """Canonical names a text names, first mention first, without the ones it says are
+        absent ("no dog", "I cannot see a cat", "the cat is not visible": the table and the
+        noun-phrase rule of `negation`, as the offline judge reads them)."""
+        units = self._units(text)
+        absent = negation.absent_positions([w for w, _ in units], _tags(units))
+        found: list[str] = []
+        for i, (_, name) in enumerate(units):
+            if name is not None and i not in absent and name not in found:
+                found.append(name)
+        return found
+
+    def _units(self, text: str) -> list[tuple[str, str | None]]:
+        """(word, canonical name or None) per unit; the longest vocabulary phrase is one unit."""
         tokens = _WORD.findall(text.lower().replace("’", "'"))
         longest = max((len(s.split()) for s in self.surface), default=1)
-        found: list[str] = []
-        negating = False
+        units: list[tuple[str, str | None]] = []
         i = 0
         while i < len(tokens):
-            token = tokens[i]
-            if token in lexicon.NEGATORS:
-                negating = True
-            elif token in lexicon.CLAUSE_BREAKS:
-                negating = False
             for n in range(min(longest, len(tokens) - i), 0, -1):
-                name = self.surface.get(" ".join(tokens[i : i + n]))
+                phrase = " ".join(tokens[i : i + n])
+                name = self.surface.get(phrase)
                 if name is not None:
-                    if not negating and name not in found:
-                        found.append(name)
+                    units.append((phrase, name))
                     i += n
                     break
             else:
+                units.append((tokens[i], None))
                 i += 1
-        return found
+        return units
+
+
+def _tags(units: Sequence[tuple[str, str | None]]) -> list[str]:
+    """`negation`'s tags without a tagger: "N" for a vocabulary entry; "A" for a colour, and for
+    an open-class word that stands before a noun or modifier ("a fluffy cat", "no sign of a
+    cat") but not right after a noun ("no cat chases a dog" keeps the dog); "F" otherwise."""
+    tags = ["F"] * len(units)
+    for i in range(len(units) - 1, -1, -1):
+        word, name = units[i]
+        if name is not None:
+            tags[i] = "N"
+        elif word in lexicon.COLOURS:
+            tags[i] = "A"
+        elif word not in _CLOSED and word[0].isalpha():
+            after_noun = i > 0 and units[i - 1][1] is not None
+            before_phrase = i + 1 < len(units) and (
+                tags[i + 1] in ("N", "A") or units[i + 1][0] == "of"
+            )
+            if before_phrase and not after_noun:
+                tags[i] = "A"
+    return tags
 
 
 class SceneJudge(Backend):
