@@ -103,9 +103,14 @@ class CompressedContext:
         return continuation_ids(self.handle, question)
 
     def ask(self, question: str, max_new_tokens: int = 16, stop_at_eos: bool = True) -> Answer:
-        """Greedy answer from the compressed context, without the image."""
+        """Greedy answer from the compressed context, without the image: at most
+        `max_new_tokens` tokens (>= 1; VlmflowError otherwise), stopping at the end of turn.
+
+        Raises VlmflowError for a question that spells a special token (`<image>`, ...)."""
         from transformers import DynamicCache
 
+        if max_new_tokens < 1:
+            raise VlmflowError(f"max_new_tokens={max_new_tokens}: answer with at least 1 token")
         start = time.perf_counter()
         model = self.handle.model
         ids = self.question_ids(question).to(self.handle.device)
@@ -168,7 +173,11 @@ def top_indices(score: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
     """Token ids of a second user turn (`question`) plus the generation cue, after any first
-    turn: the difference between the chat template rendered with and without that turn."""
+    turn: the difference between the chat template rendered with and without that turn.
+
+    Raises VlmflowError when `question` spells a special token (`Handle.check_text`) or the
+    chat template rewrites earlier turns."""
+    handle.check_text(question)
     first = _user_turn(DEFAULT_PROMPT, image=True)
     one = _render(handle, [first], add_generation_prompt=False)
     two = _render(handle, [first, _user_turn(question)], add_generation_prompt=True)

@@ -71,7 +71,7 @@ class Handle:
 
         texts, flat, per_row = [], [], []
         for images, text in items:
-            self._check_text(text)
+            self.check_text(text)
             pil = [read_image(i) for i in images]
             content: list[dict[str, str]] = [{"type": "image"} for _ in pil]
             content.append({"type": "text", "text": text})
@@ -108,8 +108,10 @@ class Handle:
         inputs.update(moved)
         return Prompt(inputs, layout, tuple(texts))
 
-    def _check_text(self, text: str) -> None:
-        """Refuse user text that spells a special token (`<image>`, `<|vision_start|>`, ...).
+    def check_text(self, text: str) -> None:
+        """Refuse user text that spells a special token (`<image>`, `<|vision_start|>`, ...):
+        raises VlmflowError naming the token. Every user text (prompt or follow-up question)
+        goes through it.
 
         Processors expand image placeholders by string replacement over the whole prompt and
         tokenizers read special tokens anywhere, so such text would not reach the model as the
