@@ -115,6 +115,9 @@ def test_absent_objects_count_in_verdicts(
     [
         "A dog on the grass. There is no cat.",
         "A dog on the grass. I cannot see a cat.",
+        "A dog on the grass. I cannot really see a cat.",
+        "A dog on the grass. I don't actually see any cat.",
+        "A dog on the grass, not a cat.",
         "A dog on the grass. I can't see a cat.",
         "A dog on the grass. I don't see any cat.",
         "A dog on the grass. I do not see any cats.",
@@ -158,6 +161,8 @@ def test_phrasings_as_people_write_them(comparing_judge: Any, candidate: str) ->
         ("No cars, trucks or buses; a bike leans on a tree.", {"bike", "tree"}, {"car", "bus"}),
         ("A bowl with no spoon next to a cup.", {"bowl", "cup"}, {"spoon"}),
         ("A dog, but no cat.", {"dog"}, {"cat"}),
+        ("A dog, not a cat, sits on a bench.", {"dog", "bench"}, {"cat"}),
+        ("I cannot clearly see the cat on the sofa.", {"sofa"}, {"cat"}),
         ("The dog is not sleeping on the sofa.", {"dog", "sofa"}, set()),
         ("A bike missing its front wheel.", {"bike"}, {"wheel", "front wheel"}),
     ],

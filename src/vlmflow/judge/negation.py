@@ -29,6 +29,7 @@ _CAN_NOT = "{cannot|can not|can't|could not|couldn't}"
 _SEE = "{see|spot|find|notice|observe|detect|identify|make out}"
 _HAVE = "{have|has|wear|hold|carry|contain|include|show|feature|depict}"
 _HAVING = "{wearing|holding|carrying|having|containing|including|showing|featuring}"
+_ADVERB = "{|really|clearly|quite|actually|even|definitely}"  # optional: "cannot really see"
 _VISIBLE = (
     "{visible|present|seen|shown|pictured|depicted|included|there|in sight|in view"
     "|in the image|in the picture|in the photo|in the scene|anywhere}"
@@ -41,8 +42,9 @@ PHRASINGS: tuple[tuple[str, str], ...] = (
     ("{absence|lack} of", "after"),
     ("{free|devoid} of", "after"),
     (f"there {_BE_NOT}", "after"),
-    (f"{_CAN_NOT} {_SEE}", "after"),
-    (f"{_DO_NOT} {_SEE}", "after"),
+    ("not {a|an|any}", "after"),  # "a dog on the grass, not a cat"
+    (f"{_CAN_NOT} {_ADVERB} {_SEE}", "after"),
+    (f"{_DO_NOT} {_ADVERB} {_SEE}", "after"),
     (f"{_DO_NOT} {_HAVE}", "after"),
     (f"{_BE_NOT} {_HAVING}", "after"),
     (f"{_BE_NOT} {_VISIBLE}", "before"),
