@@ -35,6 +35,10 @@ ADVERBS = frozenset(
 # of absence from `negation.PHRASINGS`, which opens with these; the scene judge reads these).
 NEGATORS = frozenset("no without nor neither".split())
 CLAUSE_BREAKS = frozenset(". , ; : ! ? ( ) but while although though whereas".split())
+# closed-class words: never an object name, never a modifier inside a noun phrase
+FUNCTION_WORDS = (
+    DETERMINERS | SUBJECT_PRONOUNS | PREPOSITIONS | CONJUNCTIONS | AUXILIARIES | ADVERBS | NEGATORS
+)
 
 # Heads of quantity phrases: "a pair of glasses" names glasses, not a pair.
 PARTITIVES = frozenset(

@@ -369,6 +369,9 @@ class OfflineJudge(Backend):
         return tuple(answers)
 
 
+_CLOSED = lexicon.FUNCTION_WORDS | {"him", "them", "us", "me", "that", "than", "if", "each", "ly"}
+
+
 def _is_content(token: str) -> bool:
     return token.replace(" ", "").replace("-", "").replace("'", "").isalpha()
 
@@ -376,17 +379,7 @@ def _is_content(token: str) -> bool:
 def _closed_tag(word: str) -> str:
     if not _is_content(word):
         return "P"
-    closed = (
-        lexicon.DETERMINERS
-        | lexicon.SUBJECT_PRONOUNS
-        | lexicon.PREPOSITIONS
-        | lexicon.CONJUNCTIONS
-        | lexicon.AUXILIARIES
-        | lexicon.ADVERBS
-        | lexicon.NEGATORS
-        | {"him", "them", "us", "me", "that", "than", "if", "each", "ly"}
-    )
-    if word in closed:
+    if word in _CLOSED:
         return "F"
     if word.endswith("ly") and len(word) > 4 and word not in ("fly", "lily", "belly", "jelly"):
         return "F"

@@ -23,16 +23,7 @@ VERSION = "scene-v2"  # v2: absence read from negation.PHRASINGS
 
 _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*|[.,;:!?()]")
 # Function words: never a modifier inside an absent noun phrase (determiners are read by word).
-_CLOSED = (
-    lexicon.DETERMINERS
-    | lexicon.SUBJECT_PRONOUNS
-    | lexicon.PREPOSITIONS
-    | lexicon.CONJUNCTIONS
-    | lexicon.AUXILIARIES
-    | lexicon.ADVERBS
-    | lexicon.NEGATORS
-    | lexicon.CLAUSE_BREAKS
-)
+_CLOSED = lexicon.FUNCTION_WORDS | lexicon.CLAUSE_BREAKS
 
 
 def plurals(name: str) -> tuple[str, ...]:
