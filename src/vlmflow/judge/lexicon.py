@@ -31,8 +31,8 @@ ADVERBS = frozenset(
     "probably likely clearly slightly partially partly mostly mainly nearby overhead away together "
     "again already almost well".split()
 )
-# Negative function words: "no cars", "without people" (the offline judge reads every phrasing
-# of absence from `negation.PHRASINGS`, which opens with these; the scene judge reads these).
+# Negative function words: "no cars", "without people" (the offline and scene judges read every
+# phrasing of absence from `negation.PHRASINGS`, which opens with these).
 NEGATORS = frozenset("no without nor neither".split())
 CLAUSE_BREAKS = frozenset(". , ; : ! ? ( ) but while although though whereas".split())
 # closed-class words: never an object name, never a modifier inside a noun phrase
