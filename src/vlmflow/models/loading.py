@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,6 +109,15 @@ class Handle:
         inputs.update(moved)
         return Prompt(inputs, layout, tuple(texts))
 
+    @functools.cached_property
+    def _special_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special tokens as text, longest first (read once per handle)."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        decoder = getattr(tokenizer, "added_tokens_decoder", {})
+        specials = {str(t) for t in decoder.values() if getattr(t, "special", False)}
+        specials.update(str(t) for t in getattr(tokenizer, "all_special_tokens", ()))
+        return tuple(sorted((t for t in specials if t), key=len, reverse=True))
+
     def check_text(self, text: str) -> None:
         """Refuse user text that spells a special token (`<image>`, `<|vision_start|>`, ...):
         raises VlmflowError naming the token. Every user text (prompt or follow-up question)
@@ -117,12 +127,8 @@ class Handle:
         tokenizers read special tokens anywhere, so such text would not reach the model as the
         text typed: it would become image slots or control tokens (or end in a count mismatch).
         """
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        decoder = getattr(tokenizer, "added_tokens_decoder", {})
-        specials = {str(t) for t in decoder.values() if getattr(t, "special", False)}
-        specials.update(str(t) for t in getattr(tokenizer, "all_special_tokens", ()))
-        for token in sorted(specials, key=len, reverse=True):
-            if token and token in text:
+        for token in self._special_tokens:
+            if token in text:
                 raise VlmflowError(
                     f"the prompt contains {token!r}, a special token of this model's tokenizer "
                     "that would not reach the model as text: reword it (e.g. spell it with "
