@@ -1,5 +1,8 @@
 """A cheap, deterministic, model-free experiment for testing the runner and the store.
 
+It is also what adding an experiment takes: this module (the experiment and its report
+section) and one `register(ExperimentSpec(...))`; no other list names it.
+
 Run as a script it is `vlmflow run toy ...` (the same argument parser and `run()`), which lets
 tests start it in a subprocess and kill it.
 """
@@ -15,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from vlmflow.experiments import Context, ImageSource, Result, WorkItem, parse_config, register
+from vlmflow.experiments import (
+    Context,
+    ExperimentSpec,
+    ImageSource,
+    ReportSection,
+    Result,
+    WorkItem,
+    parse_config,
+    register,
+)
 
 FAIL_MESSAGE = "deliberate failure"
 
@@ -65,7 +77,25 @@ class ToyExperiment:
         )
 
 
-register("toy", "toy_experiment:ToyExperiment", "test experiment")
+SECTION_TITLE = "Toy values"
+
+
+def toy_section(ctx: Any, run: Any, rows: Sequence[Any]) -> list[str]:
+    """The toy's report section: the mean of `value` over the run's results."""
+    from vlmflow.report.page import paragraph
+
+    mean = sum(float(r.metrics["value"]) for r in rows) / len(rows)
+    return [paragraph(f"toy section: {len(rows)} results, mean value {mean:.6f}")]
+
+
+register(
+    ExperimentSpec(
+        "toy",
+        "toy_experiment:ToyExperiment",
+        "test experiment",
+        ReportSection(SECTION_TITLE, build="toy_experiment:toy_section"),
+    )
+)
 
 
 def main(argv: list[str]) -> int:

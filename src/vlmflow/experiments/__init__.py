@@ -12,7 +12,14 @@ An experiment (see `Experiment`) lists work items and settings and computes one 
 
 from vlmflow.experiments.items import ImageRef, ImageSource, Shard
 from vlmflow.experiments.protocol import Context, Experiment, Result, WorkItem, parse_config
-from vlmflow.experiments.registry import EXPERIMENTS, create, names, register
+from vlmflow.experiments.registry import (
+    EXPERIMENTS,
+    ExperimentSpec,
+    ReportSection,
+    create,
+    names,
+    register,
+)
 from vlmflow.experiments.runner import NO_MODEL, Plan, Runner, RunSummary, Unit
 
 __all__ = [
@@ -20,9 +27,11 @@ __all__ = [
     "NO_MODEL",
     "Context",
     "Experiment",
+    "ExperimentSpec",
     "ImageRef",
     "ImageSource",
     "Plan",
+    "ReportSection",
     "Result",
     "RunSummary",
     "Runner",

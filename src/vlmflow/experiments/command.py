@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for name in registry.names():
-            print(f"{name:16s} {registry.EXPERIMENTS[name][1]}")
+            print(f"{name:16s} {registry.EXPERIMENTS[name].help}")
         return 0
     out = Path(args.out)
     if args.export and Path(args.export).suffix not in (".csv", ".parquet"):

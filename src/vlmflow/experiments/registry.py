@@ -1,80 +1,216 @@
-"""Experiment names -> import paths, resolved only when an experiment is used.
+"""The experiments vlmflow knows: one `ExperimentSpec` per experiment, resolved only when used.
 
-Lazy like the CLI, so listing experiments or parsing `vlmflow run --help` imports no torch.
-A target is "module:attribute", a callable taking the experiment's options mapping and
-returning an `Experiment` (usually the class itself).
+A spec is the single place an experiment is named: `vlmflow run` (and `--list`, and the
+config file's sections) read the name, factory and help from it; `vlmflow report` reads its
+report section (title, paper reference, section builder) from it. Targets are import paths
+("module:attribute"), so listing experiments or parsing `vlmflow run --help` imports no torch.
+
+Adding an experiment: write its module (the experiment class, and its section builder if the
+report should draw more than the generic table of means), then add one `ExperimentSpec` line to
+`SPECS` below (or call `register(spec)` from code outside vlmflow). Nothing else lists names.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.protocol import Experiment
 
-# name -> (target, one-line help)
-EXPERIMENTS: dict[str, tuple[str, str]] = {
-    "check": (
-        "vlmflow.experiments.check:ImageCheck",
-        "decode every image and record size and checksum (no model): tests data and set-up",
-    ),
-    "fractions": (
+if TYPE_CHECKING:
+    from vlmflow.experiments.protocol import Experiment
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """How `vlmflow report` shows an experiment's runs.
+
+    `title`: the section heading. `paper`: the figure or table of the paper it reproduces
+    ("" for none); an experiment with a paper reference that has no results is named in the
+    report's "Not in this store" note, and such sections come first, in `SPECS` order (the
+    paper's order). `build`: "module:function" taking (report Context, RunInfo, rows of that
+    run) and returning HTML blocks; "" draws the generic table of metric means. `closing`:
+    "module:function" taking the report Context and returning one HTML block added after all
+    runs of the experiment, or "" (the maps section's interactive viewer).
+    """
+
+    title: str
+    paper: str = ""
+    build: str = ""
+    closing: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One experiment: its name, how to build it, its one-line help and its report section.
+
+    `factory`: "module:attribute", a callable taking the experiment's options mapping (its
+    table of the --config file, {} without one) and returning an `Experiment`; the experiment
+    parses the options into its own config dataclass (`protocol.parse_config`), which is the
+    one owner of its option names and defaults. `section`: None gives a section titled with
+    the name and the generic table of metric means.
+    """
+
+    name: str
+    factory: str
+    help: str = ""
+    section: ReportSection | None = None
+
+    def __post_init__(self) -> None:
+        for target in (self.factory, *self._section_targets()):
+            _split(target)
+
+    def _section_targets(self) -> tuple[str, ...]:
+        if self.section is None:
+            return ()
+        return tuple(t for t in (self.section.build, self.section.closing) if t)
+
+
+def _split(target: str) -> tuple[str, str]:
+    module, _, attribute = target.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"target {target!r} must look like 'package.module:name'")
+    return module, attribute
+
+
+def resolve(target: str) -> Any:
+    """The object a "module:attribute" target names (imports the module)."""
+    module, attribute = _split(target)
+    return getattr(importlib.import_module(module), attribute)
+
+
+_SECTIONS = "vlmflow.report.sections"
+
+# In the paper's order (Fig. 1, Fig. 2, Fig. 4, Fig. 6-7, Fig. 8, Fig. 9, Table 1): the
+# report's sections follow it.
+SPECS: tuple[ExperimentSpec, ...] = (
+    ExperimentSpec(
+        "fractions",
         "vlmflow.experiments.fractions:Fractions",
         "per layer, share of generated tokens' attention to each role (paper Fig. 1 / A5)",
+        ReportSection(
+            "Where the generated tokens look", "paper Fig. 1 / A5", f"{_SECTIONS}:fractions"
+        ),
     ),
-    "histogram": (
-        "vlmflow.experiments.histogram:Histogram",
-        "per layer, distribution of attention values over image tokens (paper Fig. 8)",
-    ),
-    "maps": (
-        "vlmflow.experiments.maps:Maps",
-        "per layer, generated tokens' attention drawn over the picture (paper Fig. 4)",
-    ),
-    "knockout": (
+    ExperimentSpec(
+        "knockout",
         "vlmflow.experiments.knockout:KnockoutSweep",
         "baseline vs image knockouts over all / from:L / except:A-B, judged (Fig. 2, A4)",
+        ReportSection("Attention knockout", "paper Fig. 2e-f / A4", f"{_SECTIONS}:knockout"),
     ),
-    "topk": (
-        "vlmflow.experiments.topk:TopK",
-        "generated tokens see only the top-k% image tokens per layer; F1 vs k (Fig. 9 / A7)",
+    ExperimentSpec(
+        "maps",
+        "vlmflow.experiments.maps:Maps",
+        "per layer, generated tokens' attention drawn over the picture (paper Fig. 4)",
+        ReportSection(
+            "Attention over the image",
+            "paper Fig. 4",
+            f"{_SECTIONS}:maps",
+            closing=f"{_SECTIONS}:viewer_block",
+        ),
     ),
-    "reprompt": (
-        "vlmflow.experiments.reprompt:Reprompt",
-        "Table 1: yes/no answers from the full image, the description, compressed contexts",
-    ),
-    "localization": (
+    ExperimentSpec(
+        "localization",
         "vlmflow.experiments.localization:Localization",
         "do fine details' attention peaks fall on their objects? accuracy per layer (Fig. 6-7)",
+        ReportSection(
+            "Localization of fine details", "paper Fig. 6-7 / A6", f"{_SECTIONS}:localization"
+        ),
     ),
-}
+    ExperimentSpec(
+        "histogram",
+        "vlmflow.experiments.histogram:Histogram",
+        "per layer, distribution of attention values over image tokens (paper Fig. 8)",
+        ReportSection(
+            "Distribution of attention over image tokens", "paper Fig. 8", f"{_SECTIONS}:histogram"
+        ),
+    ),
+    ExperimentSpec(
+        "topk",
+        "vlmflow.experiments.topk:TopK",
+        "generated tokens see only the top-k% image tokens per layer; F1 vs k (Fig. 9 / A7)",
+        ReportSection("Top-k image tokens", "paper Fig. 9 / A7", f"{_SECTIONS}:topk"),
+    ),
+    ExperimentSpec(
+        "reprompt",
+        "vlmflow.experiments.reprompt:Reprompt",
+        "Table 1: yes/no answers from the full image, the description, compressed contexts",
+        ReportSection("Image re-prompting", "paper Table 1", f"{_SECTIONS}:reprompt"),
+    ),
+    ExperimentSpec(
+        "check",
+        "vlmflow.experiments.check:ImageCheck",
+        "decode every image and record size and checksum (no model): tests data and set-up",
+        ReportSection("Image check"),
+    ),
+)
+
+EXPERIMENTS: dict[str, ExperimentSpec] = {spec.name: spec for spec in SPECS}
 
 
-def register(name: str, target: str, help_text: str = "") -> None:
-    """Add (or replace) an experiment; `target` is "module:attribute"."""
-    if ":" not in target:
-        raise ValueError(f"experiment target {target!r} must look like 'package.module:Name'")
-    EXPERIMENTS[name] = (target, help_text)
+def register(spec: ExperimentSpec) -> None:
+    """Add (or replace) an experiment, e.g. one defined outside vlmflow, for this process."""
+    EXPERIMENTS[spec.name] = spec
 
 
 def names() -> list[str]:
+    """Every experiment's name, sorted."""
     return sorted(EXPERIMENTS)
 
 
-def create(name: str, options: Mapping[str, Any] | None = None) -> Experiment:
-    """Import and build experiment `name` with `options` (from the config file)."""
+def spec(name: str) -> ExperimentSpec:
+    """The spec of experiment `name`; VlmflowError naming the known ones if there is none."""
     if name not in EXPERIMENTS:
         raise VlmflowError(
             f"unknown experiment {name!r}: choose from {', '.join(names())} "
             "(vlmflow run --list shows them)"
         )
-    module_path, _, attribute = EXPERIMENTS[name][0].partition(":")
-    factory = getattr(importlib.import_module(module_path), attribute)
-    experiment = factory(dict(options or {}))
+    return EXPERIMENTS[name]
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Experiment:
+    """Import and build experiment `name` with `options` (its table of the config file).
+
+    Raises VlmflowError for an unknown name or bad options, TypeError if the factory does not
+    build an `Experiment`.
+    """
+    from vlmflow.experiments.protocol import Experiment
+
+    target = spec(name).factory
+    experiment = resolve(target)(dict(options or {}))
     if not isinstance(experiment, Experiment):
-        raise TypeError(f"{EXPERIMENTS[name][0]} did not build an Experiment")
+        raise TypeError(f"{target} did not build an Experiment")
     return experiment
+
+
+def report_order(present: Iterable[str]) -> list[str]:
+    """The experiments among `present` in report order: those reproducing a paper figure in
+    `SPECS` order, then the rest by name."""
+    present = set(present)
+    paper = [n for n in paper_experiments() if n in present]
+    return paper + sorted(present - set(paper))
+
+
+def paper_experiments() -> list[str]:
+    """Experiments whose report section reproduces a figure or table of the paper, in order."""
+    return [s.name for s in EXPERIMENTS.values() if s.section is not None and s.section.paper]
+
+
+SectionBuilder = Callable[[Any, Any, Sequence[Any]], list[str]]
+
+
+def section_of(
+    name: str,
+) -> tuple[ReportSection, SectionBuilder | None, Callable[[Any], str] | None]:
+    """Experiment `name`'s report section with its builder and closing block resolved (None
+    where the spec names none; an experiment without a spec gets its name as title)."""
+    found = EXPERIMENTS.get(name)
+    section = found.section if found is not None and found.section else ReportSection(name)
+    build = resolve(section.build) if section.build else None
+    closing = resolve(section.closing) if section.closing else None
+    return section, build, closing
 
 
 def bind_model(experiments: Iterable[Experiment], model: str | int) -> None:

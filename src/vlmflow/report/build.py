@@ -8,34 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlmflow.errors import VlmflowError
+from vlmflow.experiments import registry
 from vlmflow.report.figures import Figures
 from vlmflow.report.page import Section, collapsed, document, esc, note, paragraph
 from vlmflow.report.sections import (
-    BUILDERS,
-    ORDER,
-    PAPER,
-    TITLES,
     Context,
     failures_table,
     generic,
     run_label,
     runs_table,
-    viewer_block,
 )
 from vlmflow.report.viewer import SCRIPT
 from vlmflow.store import MAIN_FILE, ResultStore, Row, RunInfo, rank_files
 
 REPORT_FILE = "report.html"
-# what the report can show, with how to produce it
-PAPER_EXPERIMENTS = (
-    "fractions",
-    "knockout",
-    "maps",
-    "localization",
-    "histogram",
-    "topk",
-    "reprompt",
-)
 
 
 def open_store(out_dir: Path) -> ResultStore:
@@ -95,19 +81,18 @@ def _sections(ctx: Context, runs: Sequence[RunInfo], rows: Sequence[Row]) -> lis
     for row in rows:
         by_run.setdefault(row.run_id, []).append(row)
     present = {run.experiment for run in runs if by_run.get(run.run_id)}
-    experiments = [e for e in ORDER if e in present] + sorted(present - set(ORDER))
     sections = []
-    for experiment in experiments:
-        section = Section(experiment, TITLES.get(experiment, experiment), PAPER.get(experiment, ""))
-        build = BUILDERS.get(experiment, generic)
+    for experiment in registry.report_order(present):
+        spec, build, closing = registry.section_of(experiment)
+        section = Section(experiment, spec.title, spec.paper)
         experiment_runs = [r for r in runs if r.experiment == experiment and by_run.get(r.run_id)]
         for run in experiment_runs:
             section.add(f"<h3>{esc(run_label(run))}</h3>")
-            section.add("".join(build(ctx, run, by_run[run.run_id])))
-        if experiment == "maps" and ctx.viewer:
-            section.add(viewer_block(ctx))
+            section.add("".join((build or generic)(ctx, run, by_run[run.run_id])))
+        if closing is not None:
+            section.add(closing(ctx))
         sections.append(section)
-    missing = [e for e in PAPER_EXPERIMENTS if e not in present]
+    missing = [e for e in registry.paper_experiments() if e not in present]
     if missing:
         absent = Section("absent", "Not in this store")
         absent.add(

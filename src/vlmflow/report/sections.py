@@ -7,7 +7,7 @@ image lacks (a failed item) is left out of that mean rather than counted as zero
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,27 +27,6 @@ from vlmflow.report.viewer import (
 )
 from vlmflow.store import Failure, ResultKey, ResultStore, Row, RunInfo
 
-# paper order: Fig. 1, Fig. 2, Fig. 4, Fig. 6-7, Fig. 8, Fig. 9, Table 1
-ORDER = ("fractions", "knockout", "maps", "localization", "histogram", "topk", "reprompt")
-TITLES = {
-    "fractions": "Where the generated tokens look",
-    "knockout": "Attention knockout",
-    "maps": "Attention over the image",
-    "localization": "Localization of fine details",
-    "histogram": "Distribution of attention over image tokens",
-    "topk": "Top-k image tokens",
-    "reprompt": "Image re-prompting",
-    "check": "Image check",
-}
-PAPER = {
-    "fractions": "paper Fig. 1 / A5",
-    "knockout": "paper Fig. 2e-f / A4",
-    "maps": "paper Fig. 4",
-    "localization": "paper Fig. 6-7 / A6",
-    "histogram": "paper Fig. 8",
-    "topk": "paper Fig. 9 / A7",
-    "reprompt": "paper Table 1",
-}
 MAX_MAP_ROWS = 4  # images in the maps figure (the viewer shows more)
 MAX_MAP_LAYERS = 8  # layers shown per image in the maps figure
 
@@ -364,7 +343,10 @@ def _short(model: str) -> str:
 
 
 def viewer_block(ctx: Context) -> str:
-    """The viewer over the maps images collected, with the fractions of the same images."""
+    """The viewer over the maps images collected, with the fractions of the same images
+    ("" when no maps image was collected)."""
+    if not ctx.viewer:
+        return ""
     several = len({run.run_id for run, _ in ctx.viewer}) > 1
     images = [
         replace(
@@ -614,17 +596,6 @@ def generic(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
     ]
 
 
-BUILDERS: dict[str, Callable[[Context, RunInfo, Sequence[Row]], list[str]]] = {
-    "fractions": fractions,
-    "knockout": knockout,
-    "maps": maps,
-    "localization": localization,
-    "histogram": histogram,
-    "topk": topk,
-    "reprompt": reprompt,
-}
-
-
 # -- runs and failures -------------------------------------------------------------------------
 
 
@@ -678,4 +649,4 @@ def failures_table(failures: Sequence[Failure]) -> str:
     return table(["experiment", "item", "setting", "error", Column("attempts", True)], rows)
 
 
-__all__ = ["BUILDERS", "ORDER", "PAPER", "TITLES", "Context", "number"]
+__all__ = ["Context", "number"]
