@@ -25,11 +25,12 @@ import torch
 
 import vlmflow
 from vlmflow.attention.batch import generate_variants
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vlmflow-tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--scene", type=int, default=7, help="index into the fixed scene set")
     parser.add_argument("--layers", help="start layers of the sweep, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -49,7 +50,7 @@ def main() -> None:
     variants: list[list[vlmflow.Knockout]] = [[]]
     variants += [[vlmflow.Knockout.parse("image->generated", f"from:{x}")] for x in layers]
     names = ["baseline", *(f"image->generated@from:{x}" for x in layers)]
-    prompt = handle.prepare(fixed_set()[args.scene].image, "Describe the image.")
+    prompt = handle.prepare(fixed_set()[args.scene].image, DEFAULT_PROMPT)
     new = args.new_tokens
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 import vlmflow
-
-PROMPT = "Describe the image."
+from vlmflow.defaults import DEFAULT_MODEL
+from vlmflow.defaults import DEFAULT_PROMPT as PROMPT
 
 
 def images(count: int) -> list[Image.Image]:
@@ -175,7 +175,7 @@ def time_variants(model: str, n_images: int, new_tokens: int, repeats: int, devi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vlmflow-tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--images", type=int, default=4, help="images per prompt")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)

@@ -26,12 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlmflow.defaults import DEFAULT_MODEL
+
 DONE = re.compile(r"(\d+) done, (\d+) failed, (\d+) already done in ([\d.]+) s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vlmflow-tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--images", default="scenes:4")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--layers", default="0,4,8,12,16,20,24,28")

@@ -20,13 +20,14 @@ import torch
 
 import vlmflow
 from vlmflow.compress import compress
+from vlmflow.defaults import DEFAULT_MODEL
 
 QUESTIONS = ("Is there a dog in the image?", "Is there a car in the top left of the image?")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vlmflow-tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--k", type=float, default=0.05)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)

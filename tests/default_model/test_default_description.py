@@ -10,8 +10,8 @@ from pathlib import Path
 
 import vlmflow
 from vlmflow.default_model.weights import UNTRAINED, WEIGHTS_FILE, load_weights
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.scenes import load_fixed_scene
-from vlmflow.scenes.scene import PROMPT
 from vlmflow.scenes.vocabulary import mentioned_objects
 
 SCENES = range(8)
@@ -31,7 +31,7 @@ def test_description_names_the_largest_objects(checkpoint: Path) -> None:
     for index in SCENES:
         scene = load_fixed_scene(index)
         largest = max(scene.objects, key=lambda o: o.area)
-        prompt = handle.prepare(scene.image, PROMPT)
+        prompt = handle.prepare(scene.image, DEFAULT_PROMPT)
         text = handle.decode(handle.generate(prompt, max_new_tokens=96))[0]
         if largest.name not in mentioned_objects(text):
             missed.append((scene.id, largest.name, text))

@@ -18,7 +18,8 @@ from runs import run_into
 import vlmflow
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments import ImageSource, create
-from vlmflow.experiments.knockout import KNOCKOUTS, describe, middle_window, resolve_knockout
+from vlmflow.experiments.description import describe
+from vlmflow.experiments.knockout import KNOCKOUTS, resolve_knockout
 from vlmflow.experiments.localization import (
     TokenGrid,
     is_hit,
@@ -27,6 +28,7 @@ from vlmflow.experiments.localization import (
     token_spans,
 )
 from vlmflow.experiments.topk import rank_image_tokens
+from vlmflow.experiments.window import middle_window
 from vlmflow.models.layout import Tile
 from vlmflow.scenes import load_fixed_scene
 from vlmflow.store import ResultStore

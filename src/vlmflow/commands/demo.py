@@ -14,9 +14,11 @@ import json
 import time
 from typing import Any
 
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
     parser.add_argument("--scenes", type=int, default=3, help="how many evaluation scenes")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="cpu")
@@ -44,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     handle = vlmflow.load(args.model, device=args.device)
     if "untrained" in str(handle.model.name_or_path):
         print(
-            "note: this vlmflow-tiny has no trained projector yet, so its descriptions are not"
+            f"note: this {DEFAULT_MODEL} has no trained projector yet, so its descriptions are not"
             " grounded in the image; the analyses below run all the same"
         )
     scenes = fixed_set()[: args.scenes]
     knockout = vlmflow.Knockout.parse("image->query+generated")
     for scene in scenes:
-        prompt = handle.prepare(scene.image, "Describe the image.")
+        prompt = handle.prepare(scene.image, DEFAULT_PROMPT)
         with vlmflow.session(handle, prompt, capture=vlmflow.Capture.of()) as s:
             base = s.generate(max_new_tokens=args.max_new_tokens)
         fractions = s.capture.fractions[1:, :, 0, :]  # (steps, layers, roles) of generated tokens

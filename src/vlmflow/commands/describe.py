@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 from vlmflow.attention.knockout import SETTINGS
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (PNG, JPEG, ...)")
-    parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
-    parser.add_argument("--prompt", default="Describe the image.", help="user text after the image")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="user text after the image")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--knockout", choices=sorted(SETTINGS), help="block attention src->tgt")
     parser.add_argument("--layers", default="all", help="all, from:L, only:A-B, except:A-B")

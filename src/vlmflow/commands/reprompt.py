@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
@@ -18,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rank image tokens by the total (sum) or the largest (max) attention a generated "
         "token gave them",
     )
-    parser.add_argument("--model", default="vlmflow-tiny")
-    parser.add_argument("--prompt", default="Describe the image.", help="the first prompt")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the first prompt")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="per answer")
     parser.add_argument("--save", help="also save the compressed context to this file")
     parser.add_argument("--context", help="answer from this saved context instead of the image")

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.models.loading import DEFAULT_PROMPT, Handle, ImageLike
+from vlmflow.models.loading import Handle, ImageLike
 from vlmflow.roles import Role
 
 RANKINGS = ("sum", "max")

@@ -23,11 +23,11 @@ import torch
 
 from vlmflow.default_model.sources import DINOV2, SMOLLM2, sha256_file
 from vlmflow.default_model.weights import WEIGHTS_FILE, TrainedWeights, load_weights
+from vlmflow.defaults import DEFAULT_MODEL as NAME
 from vlmflow.errors import VlmflowError
 
 log = logging.getLogger(__name__)
 
-NAME = "vlmflow-tiny"
 MANIFEST = "vlmflow-manifest.json"
 REQUIRED = frozenset({"config.json", "model.safetensors"})  # a folder without them is no model
 LAYOUT = 1  # bump when the assembly itself changes, so old caches are rebuilt

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlmflow.defaults import DEFAULT_MODEL
+
 if TYPE_CHECKING:
     from vlmflow.experiments.distributed import Launch
     from vlmflow.experiments.items import ImageSource
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment names")
-    parser.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
     parser.add_argument(
         "--images",
         default="scenes",
@@ -214,21 +216,19 @@ def _assemble_default_model(model: str) -> None:
     """Assemble the default model (once, on first use) before the process group starts:
     transformers saves nothing on ranks other than 0 once torch.distributed is up. Every rank
     may build it; the cache keeps whichever finishes first."""
-    from vlmflow.default_model.assemble import NAME, ensure_checkpoint
+    from vlmflow.default_model.assemble import ensure_checkpoint
 
-    if model == NAME:
+    if model == DEFAULT_MODEL:
         ensure_checkpoint()
 
 
 def _model_key(model: str) -> str:
     """A local checkpoint by absolute path (the same on every rank); a hub id as given; the
     default model with its weights' version, so results of other weights never count as done."""
-    from vlmflow.default_model.assemble import NAME
-
-    if model == NAME:
+    if model == DEFAULT_MODEL:
         from vlmflow.default_model.weights import WEIGHTS_FILE, load_weights
 
-        return f"{NAME}@{load_weights(WEIGHTS_FILE).version}"
+        return f"{DEFAULT_MODEL}@{load_weights(WEIGHTS_FILE).version}"
     path = Path(model).expanduser()
     return str(path.resolve()) if path.exists() else model
 

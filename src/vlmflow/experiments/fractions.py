@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vlmflow.attention.layers import Layers
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
-from vlmflow.models.loading import DEFAULT_PROMPT
 from vlmflow.roles import ROLE_NAMES
 
 if TYPE_CHECKING:

@@ -13,144 +13,50 @@ The baseline is regenerated inside the unit that needs it and memoised per item 
 (greedy decoding is deterministic), so every setting is a self-contained unit the runner can
 resume or retry on its own.
 
-This module also holds what the `topk` and `localization` experiments share with it: greedy
-description under a session, the lazily built judge, and the per-item memo.
+This module also holds the lazily built judge the `topk` and `localization` experiments share
+with it; the descriptions they share are in `vlmflow.experiments.description`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
+from vlmflow.experiments.description import (
+    Generation,
+    describe,
+    describe_variants,
+    verdict_metrics,
+    verdict_payload,
+)
 from vlmflow.experiments.items import ImageRef, ImageSource
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.protocol import (
+    Context,
+    ItemMemo,
+    Result,
+    WorkItem,
+    as_tuples,
+    image_items,
+    parse_config,
+    result_config,
+)
+from vlmflow.experiments.window import middle_window, parse_window
 
 if TYPE_CHECKING:
-    from vlmflow.attention.capture import Capture, CaptureResult
     from vlmflow.attention.knockout import Knockout
     from vlmflow.judge import Backend, JudgeCache, Verdict
     from vlmflow.models.loading import Handle, Prompt
 
-DEFAULT_PROMPT = "Describe the image."  # = vlmflow.models.loading.DEFAULT_PROMPT (no torch here)
 BASELINE = "baseline"
 KNOCKOUTS = ("image-generated", "image-query", "image-query+generated")
 SCOPES = ("all", "from", "except")
 JUDGES = ("offline", "llm", "scene")
-_WINDOW = re.compile(r"^(?:except:)?(\d+)-(\d+)$")
-
-T = TypeVar("T")
 
 
-# -- shared by knockout, topk and localization ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One greedy description: the generated ids (EOS included when reached) and the text."""
-
-    ids: tuple[int, ...]
-    text: str
-
-
-def image_items(source: ImageSource) -> list[WorkItem]:
-    """One work item per image, keyed by the source's stable image id."""
-    return [WorkItem(ref.id, {"image": ref}) for ref in source.images()]
-
-
-def describe(
-    handle: Handle,
-    prompt: Prompt,
-    max_new_tokens: int,
-    knockouts: Sequence[Knockout] = (),
-    capture: Capture | None = None,
-) -> tuple[Generation, CaptureResult | None]:
-    """Greedy description of a one-row prompt under knockouts, with what `capture` asked for."""
-    import vlmflow
-
-    with vlmflow.session(handle, prompt, knockout=list(knockouts), capture=capture) as s:
-        ids = s.generate(max_new_tokens=max_new_tokens)  # (1, new)
-    generation = Generation(tuple(int(i) for i in ids[0].tolist()), handle.decode(ids)[0])
-    return generation, (s.capture if capture is not None else None)
-
-
-def describe_variants(
-    handle: Handle,
-    prompt: Prompt,
-    max_new_tokens: int,
-    variants: Sequence[Sequence[Knockout]],
-    batch: int,
-) -> list[Generation]:
-    """Greedy descriptions of a one-row prompt under each variant (a knockout list), `batch`
-    variants per `generate_variants` call: the same tokens as `describe` per variant, one
-    shared prefill and one decode loop per batch. `batch` 1 runs them one by one."""
-    if batch <= 1:
-        return [describe(handle, prompt, max_new_tokens, v)[0] for v in variants]
-    from vlmflow.attention.batch import generate_variants
-
-    out: list[Generation] = []
-    for start in range(0, len(variants), batch):
-        run = generate_variants(handle, prompt, variants[start : start + batch], max_new_tokens)
-        for ids in run.ids:  # (new,)
-            text = handle.decode(ids.unsqueeze(0))[0]
-            out.append(Generation(tuple(int(i) for i in ids.tolist()), text))
-    return out
-
-
-def result_config(options: Any) -> dict[str, Any]:
-    """The options that decide results (the run id); `batch` only decides speed."""
-    return {k: v for k, v in asdict(options).items() if k != "batch"}
-
-
-def middle_window(num_layers: int) -> tuple[int, int]:
-    """The middle quarter of the layers (at least one), 0-indexed and inclusive.
-
-    32 layers give 12-19, the mid-layers the paper finds sufficient for LLaVA-1.5 (App. D).
-    """
-    width = max(1, round(num_layers / 4))
-    start = (num_layers - width) // 2
-    return start, start + width - 1
-
-
-def parse_window(text: str) -> tuple[int, int]:
-    """`"A-B"` (or `"except:A-B"`) -> (A, B), 0-indexed, inclusive."""
-    m = _WINDOW.match(text.strip().lower().replace(" ", ""))
-    if m is None:
-        raise ValueError(f"window {text!r} must look like A-B (0-indexed, inclusive)")
-    a, b = int(m.group(1)), int(m.group(2))
-    if a > b:
-        raise ValueError(f"window {text!r} starts after it ends")
-    return a, b
-
-
-class ItemMemo:
-    """Values computed once per work item in this process (baselines, captures, prompts).
-
-    The runner runs all settings of an item one after the other, so only the current item is
-    kept: memory stays bounded by one item whatever the size of the run.
-    """
-
-    def __init__(self) -> None:
-        self._item: tuple[int, str, str] | None = None
-        self._values: dict[Any, Any] = {}
-
-    def get(self, handle: Any, item: WorkItem, key: Any, compute: Callable[[], T]) -> T:
-        scope = (id(handle), str(getattr(handle, "name", "")), item.item_id)
-        if scope != self._item:
-            self._item, self._values = scope, {}
-        if key not in self._values:
-            self._values[key] = compute()
-        value: T = self._values[key]
-        return value
-
-    def has(self, handle: Any, item: WorkItem, key: Any) -> bool:
-        scope = (id(handle), str(getattr(handle, "name", "")), item.item_id)
-        return scope == self._item and key in self._values
-
-    def put(self, handle: Any, item: WorkItem, key: Any, value: Any) -> None:
-        self.get(handle, item, key, lambda: value)
+# -- the judge, shared by knockout, topk and localization -----------------------------------
 
 
 class Judge:
@@ -193,34 +99,8 @@ def scene_vocabulary() -> Any:
     return SceneVocabulary.from_types(VOCABULARY.values())
 
 
-def verdict_metrics(verdict: Verdict) -> dict[str, Any]:
-    """The counts and scores of a verdict as flat metrics (table columns on export)."""
-    return {
-        "tp": verdict.tp,
-        "fp": verdict.fp,
-        "fn": verdict.fn,
-        "precision": verdict.precision,
-        "recall": verdict.recall,
-        "f1": verdict.f1,
-    }
-
-
-def verdict_payload(verdict: Verdict) -> dict[str, Any]:
-    """The judge's object lists and matches: what a figure or a report needs to explain a score."""
-    return {
-        "reference_objects": list(verdict.reference_objects),
-        "candidate_objects": list(verdict.candidate_objects),
-        "matches": [[m.reference, m.candidate] for m in verdict.matches],
-        "missing": list(verdict.missing),
-        "hallucinated": list(verdict.hallucinated),
-        "judge": f"{verdict.backend}:{verdict.model}",
-    }
-
-
 def model_depth(model: str) -> int:
     """Number of decoder layers of a checkpoint, read from its config (no weights loaded)."""
-    from vlmflow.models.loading import DEFAULT_MODEL
-
     path = model
     if model == DEFAULT_MODEL:
         from vlmflow.default_model import ensure_checkpoint
@@ -236,14 +116,6 @@ def model_depth(model: str) -> int:
             "set num_layers in the experiment's config"
         ) from None
     return int(config.get_text_config().num_hidden_layers)
-
-
-def as_tuples(options: dict[str, Any], *names: str) -> dict[str, Any]:
-    """JSON and TOML give lists; frozen configs hold tuples (hashable, same JSON)."""
-    for name in names:
-        if isinstance(options.get(name), list):
-            options[name] = tuple(options[name])
-    return options
 
 
 # -- the knockout sweep ---------------------------------------------------------------------

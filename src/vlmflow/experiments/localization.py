@@ -47,22 +47,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.coco import CocoMasks, CocoSource
+from vlmflow.experiments.description import Generation, describe
 from vlmflow.experiments.items import SCENES, ImageRef, ImageSource
-from vlmflow.experiments.knockout import (
-    DEFAULT_PROMPT,
-    JUDGES,
-    Generation,
-    Judge,
-    describe,
-    image_items,
-    middle_window,
-    parse_window,
-    scene_vocabulary,
-)
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.knockout import JUDGES, Judge, scene_vocabulary
+from vlmflow.experiments.protocol import Context, Result, WorkItem, image_items, parse_config
 from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
+from vlmflow.experiments.window import middle_window, parse_window
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult

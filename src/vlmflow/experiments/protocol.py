@@ -8,8 +8,8 @@ paper resume after a kill and shard over GPUs without code of its own for either
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -80,6 +80,7 @@ class Experiment(Protocol):
 
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experiment: str) -> C:
@@ -96,3 +97,49 @@ def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experi
         return config_type(**options)
     except (TypeError, ValueError) as err:
         raise VlmflowError(f"bad options for experiment {experiment}: {err}") from None
+
+
+def result_config(options: Any) -> dict[str, Any]:
+    """The options that decide results (the run id); `batch` only decides speed."""
+    return {k: v for k, v in asdict(options).items() if k != "batch"}
+
+
+def as_tuples(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    """JSON and TOML give lists; frozen configs hold tuples (hashable, same JSON)."""
+    for name in names:
+        if isinstance(options.get(name), list):
+            options[name] = tuple(options[name])
+    return options
+
+
+def image_items(source: ImageSource) -> list[WorkItem]:
+    """One work item per image, keyed by the source's stable image id."""
+    return [WorkItem(ref.id, {"image": ref}) for ref in source.images()]
+
+
+class ItemMemo:
+    """Values computed once per work item in this process (baselines, captures, prompts).
+
+    The runner runs all settings of an item one after the other, so only the current item is
+    kept: memory stays bounded by one item whatever the size of the run.
+    """
+
+    def __init__(self) -> None:
+        self._item: tuple[int, str, str] | None = None
+        self._values: dict[Any, Any] = {}
+
+    def get(self, handle: Any, item: WorkItem, key: Any, compute: Callable[[], T]) -> T:
+        scope = (id(handle), str(getattr(handle, "name", "")), item.item_id)
+        if scope != self._item:
+            self._item, self._values = scope, {}
+        if key not in self._values:
+            self._values[key] = compute()
+        value: T = self._values[key]
+        return value
+
+    def has(self, handle: Any, item: WorkItem, key: Any) -> bool:
+        scope = (id(handle), str(getattr(handle, "name", "")), item.item_id)
+        return scope == self._item and key in self._values
+
+    def put(self, handle: Any, item: WorkItem, key: Any, value: Any) -> None:
+        self.get(handle, item, key, lambda: value)

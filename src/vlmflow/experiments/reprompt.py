@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vlmflow.chat import OPENAI_BASE_URL, ChatClient, ChatSettings, Fixes
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.items import ImageRef, ImageSource
-from vlmflow.experiments.knockout import ItemMemo
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.protocol import Context, ItemMemo, Result, WorkItem, parse_config
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class RepromptConfig:
     query_only: bool = True
     naive: bool = True
     describe_to_llm: bool = True
-    prompt: str = "Describe the image."
+    prompt: str = DEFAULT_PROMPT
     max_new_tokens: int = 64  # of the description
     answer_tokens: int = 4
     llm_model: str | None = None

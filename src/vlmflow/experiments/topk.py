@@ -30,22 +30,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vlmflow.experiments.items import ImageRef, ImageSource
-from vlmflow.experiments.knockout import (
-    DEFAULT_PROMPT,
-    JUDGES,
+from vlmflow.defaults import DEFAULT_PROMPT
+from vlmflow.experiments.description import (
     Generation,
-    ItemMemo,
-    Judge,
-    as_tuples,
     describe,
     describe_variants,
-    image_items,
-    result_config,
     verdict_metrics,
     verdict_payload,
 )
-from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.experiments.items import ImageRef, ImageSource
+from vlmflow.experiments.knockout import JUDGES, Judge
+from vlmflow.experiments.protocol import (
+    Context,
+    ItemMemo,
+    Result,
+    WorkItem,
+    as_tuples,
+    image_items,
+    parse_config,
+    result_config,
+)
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult

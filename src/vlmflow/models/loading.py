@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 
+from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.models.families import ImageInput, TokenRoles, resolver_for
 from vlmflow.models.layout import PromptLayout
 
-DEFAULT_PROMPT = "Describe the image."
-DEFAULT_MODEL = "vlmflow-tiny"
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 ImageLike = Any  # PIL.Image.Image | str | Path | http(s) URL | numpy array (see vlmflow.images)
@@ -283,6 +282,6 @@ def _default_checkpoint() -> Path:
         from vlmflow.default_model import ensure_checkpoint  # type: ignore[attr-defined]
     except ImportError:
         raise VlmflowError(
-            "the default model vlmflow-tiny is not available in this install: pass --model PATH"
+            f"the default model {DEFAULT_MODEL} is not available in this install: pass --model PATH"
         ) from None
     return Path(ensure_checkpoint())

@@ -19,14 +19,13 @@ from vlmflow.scenes.fixed import (
 )
 from vlmflow.scenes.layout import POSITIONS, SIZE_CLASSES, Placement
 from vlmflow.scenes.questions import QUESTION_CATEGORIES, Question, true_answer
-from vlmflow.scenes.scene import PROMPT, Scene, SceneObject, generate
+from vlmflow.scenes.scene import Scene, SceneObject, generate
 from vlmflow.scenes.vocabulary import CATEGORIES, VOCABULARY, ObjectType
 
 __all__ = [
     "CATEGORIES",
     "FIXED_SEEDS",
     "POSITIONS",
-    "PROMPT",
     "QUESTION_CATEGORIES",
     "SIZE_CLASSES",
     "TRAINING_SEEDS",

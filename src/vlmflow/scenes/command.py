@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from vlmflow.defaults import DEFAULT_MODEL
 from vlmflow.errors import VlmflowError
 
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "evaluate", help="score a model's descriptions and yes/no answers on the evaluation set"
     )
-    p.add_argument("--model", default="vlmflow-tiny", help="checkpoint folder or hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
     p.add_argument(
         "--scenes", type=int, default=None, metavar="N", help="only the first N fixed scenes"
     )
@@ -172,7 +173,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     handle = vlmflow.load(args.model, device=args.device)
     if "untrained" in str(handle.model.name_or_path):
         print(
-            "note: this vlmflow-tiny has no trained projector yet: expect scores near zero",
+            f"note: this {DEFAULT_MODEL} has no trained projector yet: expect scores near zero",
             file=sys.stderr,
         )
     scenes = [load_fixed_scene(i) for i in range(count)]  # only the images used

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.scenes.questions import QUESTION_CATEGORIES
-from vlmflow.scenes.scene import PROMPT, Scene
+from vlmflow.scenes.scene import Scene
 from vlmflow.scenes.vocabulary import mentioned_objects
 
 QUESTION_PLAIN = "{question}"
@@ -89,7 +90,7 @@ class SceneRecord:
 
     scene: str  # scene id
     objects: tuple[str, ...]  # distinct object types in the scene (ground truth)
-    description: str  # the model's reply to PROMPT
+    description: str  # the model's reply to DEFAULT_PROMPT
     mentioned: tuple[str, ...]  # distinct types the description names
     questions: tuple[AnswerRecord, ...] = ()
 
@@ -323,7 +324,7 @@ def evaluate(
         # bar moves as each scene's last question is answered, so its ETA holds.
         for chunk in _chunks(scenes, batch_size):
             descriptions = _generate(
-                handle, [(s.image, PROMPT) for s in chunk], max_new_tokens, batch_size
+                handle, [(s.image, DEFAULT_PROMPT) for s in chunk], max_new_tokens, batch_size
             )
             asked = [
                 (s.image, question_template.format(question=q.text))
@@ -348,7 +349,7 @@ def evaluate(
     seconds = time.perf_counter() - start
     settings = {
         "model": str(handle.name),
-        "prompt": PROMPT,
+        "prompt": DEFAULT_PROMPT,
         "question_template": question_template,
         "max_new_tokens": max_new_tokens,
         "answer_tokens": answer_tokens,

@@ -34,7 +34,6 @@ from vlmflow.scenes.vocabulary import VOCABULARY, ObjectType
 
 FORMAT_VERSION = 1
 DEFAULT_SIZE = 448
-PROMPT = "Describe the image."  # the instruction whose reference answer is `Scene.description`
 
 
 @dataclass(frozen=True, eq=False)
