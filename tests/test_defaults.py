@@ -34,4 +34,3 @@ def test_every_user_reads_the_same_defaults() -> None:
     assert NAME == DEFAULT_MODEL
     assert FractionsConfig().prompt == RepromptConfig().prompt == DEFAULT_PROMPT
     assert load.__defaults__ is not None and load.__defaults__[0] == DEFAULT_MODEL
-

@@ -195,7 +195,7 @@ def test_per_token_histogram_counts_every_query(
     tiny_path: Callable[[str], Path], photo: Any, tmp_path: Path
 ) -> None:
     photo.save(tmp_path / "photo.png")
-    from vlmflow.experiments.items import ImageRef
+    from vlmflow.sources import ImageRef
 
     handle = vlmflow.load(str(tiny_path("llava")))
     experiment = create("histogram", {"max_new_tokens": 3, "per_token": True, "layers": "only:1"})

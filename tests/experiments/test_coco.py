@@ -21,7 +21,9 @@ from runs import run_into
 import vlmflow
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments import ImageSource, WorkItem, create
-from vlmflow.experiments.coco import (
+from vlmflow.experiments.localization import SceneMasks
+from vlmflow.scenes import load_fixed_scene
+from vlmflow.sources.coco import (
     CocoMasks,
     CocoSource,
     coco_vocabulary,
@@ -29,8 +31,6 @@ from vlmflow.experiments.coco import (
     paper_image_ids,
     rle_counts,
 )
-from vlmflow.experiments.localization import SceneMasks
-from vlmflow.scenes import load_fixed_scene
 from vlmflow.store import ResultStore
 
 # scene index -> (COCO image id, segmentation encoding); the first two ids are of the paper's 81

@@ -10,7 +10,6 @@ An experiment (see `Experiment`) lists work items and settings and computes one 
 (item, setting); the runner resumes, records failures, shards by rank and shows progress.
 """
 
-from vlmflow.experiments.items import ImageRef, ImageSource, Shard
 from vlmflow.experiments.protocol import Context, Experiment, Result, WorkItem, parse_config
 from vlmflow.experiments.registry import (
     EXPERIMENTS,
@@ -21,6 +20,8 @@ from vlmflow.experiments.registry import (
     register,
 )
 from vlmflow.experiments.runner import NO_MODEL, Plan, Runner, RunSummary, Unit
+from vlmflow.experiments.shard import Shard
+from vlmflow.sources import ImageRef, ImageSource
 
 __all__ = [
     "EXPERIMENTS",

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.sources import ImageRef, ImageSource
 
 
 @dataclass(frozen=True)

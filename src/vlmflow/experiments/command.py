@@ -21,8 +21,8 @@ from vlmflow.defaults import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from vlmflow.experiments.distributed import Launch
-    from vlmflow.experiments.items import ImageSource
     from vlmflow.experiments.protocol import Experiment
+    from vlmflow.sources import ImageSource
 
 DEFAULT_OUT = "runs"
 
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlmflow.errors import VlmflowError
     from vlmflow.experiments import distributed, registry
-    from vlmflow.experiments.items import ImageSource
+    from vlmflow.sources import ImageSource
     from vlmflow.store import merge
 
     if args.list:

@@ -41,7 +41,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import Shard
+from vlmflow.experiments.shard import Shard
 from vlmflow.store import MergeReport, merge
 
 if TYPE_CHECKING:

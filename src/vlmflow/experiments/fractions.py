@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from vlmflow.attention.layers import Layers
 from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 from vlmflow.roles import ROLE_NAMES
+from vlmflow.sources import ImageRef, ImageSource
 
 if TYPE_CHECKING:
     import torch

@@ -32,7 +32,6 @@ from vlmflow.experiments.description import (
     verdict_metrics,
     verdict_payload,
 )
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import (
     Context,
     ItemMemo,
@@ -44,6 +43,7 @@ from vlmflow.experiments.protocol import (
     result_config,
 )
 from vlmflow.experiments.window import middle_window, parse_window
+from vlmflow.sources import ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.attention.knockout import Knockout

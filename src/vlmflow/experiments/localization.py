@@ -29,7 +29,7 @@ refused with a VlmflowError.
 Masks come from a `MaskSource`, chosen by the `masks` option. `auto` (default) follows the
 image source: `scene` for `--images scenes` (the exact masks of the shipped scenes), `coco` for
 `--images coco:...` (the union of the instance masks of the category the detail names,
-`vlmflow.experiments.coco`). `masks = "module:callable"` prompts your own text-prompted
+`vlmflow.sources.coco`). `masks = "module:callable"` prompts your own text-prompted
 segmenter with the detail's name, as the paper does with Grounded-SAM
 (`vlmflow.experiments.segmenter`). Other sources plug in with
 `register_mask_source(name, factory)`: they only have to return a boolean mask of the image for
@@ -49,13 +49,14 @@ import numpy as np
 
 from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.coco import CocoMasks, CocoSource
 from vlmflow.experiments.description import Generation, describe
-from vlmflow.experiments.items import SCENES, ImageRef, ImageSource
 from vlmflow.experiments.knockout import JUDGES, Judge, scene_vocabulary
 from vlmflow.experiments.protocol import Context, Result, WorkItem, image_items, parse_config
 from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
 from vlmflow.experiments.window import middle_window, parse_window
+from vlmflow.sources import ImageRef, ImageSource
+from vlmflow.sources.coco import CocoMasks, CocoSource
+from vlmflow.sources.scenes import SCENES, SceneRef
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult
@@ -110,7 +111,7 @@ class SceneMasks:
 
     def mask(self, item: WorkItem, name: str) -> np.ndarray | None:
         ref: ImageRef = item.payload["image"]
-        if ref.scene_index is None:
+        if not isinstance(ref, SceneRef):
             raise VlmflowError(f"{item.item_id} is not a scene: masks=scene needs --images scenes")
         canonical = self.vocabulary.canonical(name)
         if canonical is None:

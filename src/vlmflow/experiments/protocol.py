@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageSource
+from vlmflow.sources import ImageSource
 
 
 @dataclass(frozen=True)

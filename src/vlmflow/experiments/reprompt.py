@@ -1,5 +1,5 @@
 """`reprompt`: the paper's Table 1 on yes/no questions: the scene world's (`--images scenes`)
-or MME's (`--images mme:FOLDER`, `vlmflow.experiments.mme`).
+or MME's (`--images mme:FOLDER`, `vlmflow.sources.mme`).
 
 Rows (settings), each answering every question of an image:
 - `naive`: the full image prompt per question (image + question).
@@ -28,8 +28,8 @@ from typing import Any
 from vlmflow.chat import OPENAI_BASE_URL, ChatClient, ChatSettings, Fixes
 from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import Context, ItemMemo, Result, WorkItem, parse_config
+from vlmflow.sources import ImageRef, ImageSource
 
 
 @dataclass(frozen=True)

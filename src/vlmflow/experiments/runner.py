@@ -28,8 +28,9 @@ from types import FrameType
 from typing import Any
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageSource, Shard
 from vlmflow.experiments.protocol import Context, Experiment, Result, WorkItem
+from vlmflow.experiments.shard import Shard
+from vlmflow.sources import ImageSource
 from vlmflow.store.results import ResultKey, ResultStore
 from vlmflow.store.runs import RunSpec
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import WorkItem
+from vlmflow.sources import ImageRef, ImageSource
 
 Segment = Callable[[Any, str], Any]
 

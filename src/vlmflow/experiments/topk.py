@@ -38,7 +38,6 @@ from vlmflow.experiments.description import (
     verdict_metrics,
     verdict_payload,
 )
-from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.knockout import JUDGES, Judge
 from vlmflow.experiments.protocol import (
     Context,
@@ -50,6 +49,7 @@ from vlmflow.experiments.protocol import (
     parse_config,
     result_config,
 )
+from vlmflow.sources import ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult

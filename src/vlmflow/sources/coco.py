@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageRef, ImageSource
-from vlmflow.experiments.protocol import WorkItem
+from vlmflow.sources.source import ImageRef, ImageSource
 
 if TYPE_CHECKING:
+    from vlmflow.experiments.protocol import WorkItem
     from vlmflow.judge.scene import SceneVocabulary
 
 COCO = "coco"
@@ -41,7 +41,7 @@ USAGE = "coco:ANNOTATIONS.json[:IMAGES_DIR]"
 @lru_cache(maxsize=1)
 def _data() -> Mapping[str, Any]:
     data: Mapping[str, Any] = json.loads(
-        (files("vlmflow.experiments") / "data" / "coco.json").read_text(encoding="utf-8")
+        (files("vlmflow.sources") / "data" / "coco.json").read_text(encoding="utf-8")
     )
     return data
 
@@ -126,11 +126,19 @@ def _line(err: Exception) -> str:
 # -- the image source -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class CocoRef(ImageRef):
+    """A COCO image; `coco_id` is the key of its annotations."""
+
+    coco_id: int
+
+
 @dataclass(frozen=True)
 class CocoSource(ImageSource):
     """`coco:` / `coco-paper:` images; `path` is the annotations file, `images_dir` the folder."""
 
-    images_dir: Path | None = None
+    path: Path
+    images_dir: Path
 
     @classmethod
     def of(cls, text: str) -> CocoSource:
@@ -157,12 +165,10 @@ class CocoSource(ImageSource):
         return cls(f"{kind}:{annotations}:{images_dir}", kind, annotations, images_dir=images_dir)
 
     def index(self) -> CocoIndex:
-        assert self.path is not None
         return load_index(self.path)
 
     def images(self) -> list[ImageRef]:
         """The annotated images whose file is in the folder, by file name."""
-        assert self.images_dir is not None
         index = self.index()
         listed = index.images
         if self.kind == COCO_PAPER:
@@ -174,8 +180,8 @@ class CocoSource(ImageSource):
                     "give the instances file of the split that holds them"
                 )
         present = set(os.listdir(self.images_dir))
-        refs = [
-            ImageRef(i.file_name, self.images_dir / i.file_name, coco_id=i.id)
+        refs: list[ImageRef] = [
+            CocoRef(i.file_name, self.images_dir / i.file_name, coco_id=i.id)
             for i in listed
             if i.file_name in present
             or ("/" in i.file_name and (self.images_dir / i.file_name).is_file())
@@ -186,6 +192,11 @@ class CocoSource(ImageSource):
                 f"give the folder holding them as {self.kind}:ANNOTATIONS.json:IMAGES_DIR"
             )
         return refs
+
+
+def parse(text: str) -> CocoSource:
+    """`coco:ANNOTATIONS.json[:IMAGES_DIR]` or `coco-paper:...` (see `CocoSource.of`)."""
+    return CocoSource.of(text)
 
 
 def _split_folder(annotations: Path, kind: str) -> Path:
@@ -322,7 +333,7 @@ class CocoMasks:
 
     def mask(self, item: WorkItem, name: str) -> np.ndarray | None:
         ref: ImageRef = item.payload["image"]
-        if ref.coco_id is None:
+        if not isinstance(ref, CocoRef):
             raise VlmflowError(
                 f"{item.item_id} is not a COCO image: masks=coco needs --images {USAGE}"
             )

@@ -14,20 +14,50 @@ the message), like a corrupt image, and the rest of the run goes on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import IMAGE_SUFFIXES, MME, ImageRef, ImageSource
+from vlmflow.sources.source import IMAGE_SUFFIXES, ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.scenes.questions import Question
 
+MME = "mme"
 IMAGES = "images"
 QUESTIONS = "questions_answers_YES_or_NO"
 
 
-def parse_source(text: str) -> ImageSource:
+@dataclass(frozen=True, kw_only=True)
+class MmeRef(ImageRef):
+    """An MME image with its question file (`question<TAB>Yes|No` lines), read when asked."""
+
+    questions_file: Path
+
+    @property
+    def has_questions(self) -> bool:
+        return True
+
+    def questions(self) -> tuple[Question, ...]:
+        return read_questions(self.questions_file, self.id.split("/", 1)[0])
+
+
+@dataclass(frozen=True)
+class MmeSource(ImageSource):
+    """The MME folder `path`; `categories`: the chosen ones (empty: all)."""
+
+    path: Path
+    categories: tuple[str, ...] = ()
+
+    def images(self) -> list[ImageRef]:
+        """Every image of the chosen categories (all by default), id `category/filename`,
+        sorted."""
+        names = self.categories or tuple(categories(self.path))
+        return [ref for name in names for ref in _refs(self.path / name)]
+
+
+def parse(text: str) -> MmeSource:
     """`mme:FOLDER` or `mme:FOLDER:cat1,cat2` -> a source; the folder and categories are checked."""
     rest = text[len(MME) + 1 :]
     folder_text, chosen = rest, ""
@@ -54,19 +84,12 @@ def parse_source(text: str) -> ImageSource:
             f"no MME category {', '.join(unknown)} in {folder}: choose from {', '.join(found)}"
         )
     key = f"{MME}:{folder}" + (f":{','.join(names)}" if names else "")
-    return ImageSource(key, MME, folder, categories=tuple(names))
+    return MmeSource(key, MME, folder, categories=tuple(names))
 
 
 def categories(folder: Path) -> list[str]:
     """The category folders below `folder`, sorted by name."""
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and _pairs(d))
-
-
-def list_images(source: ImageSource) -> list[ImageRef]:
-    """Every image of the chosen categories (all by default), id `category/filename`, sorted."""
-    assert source.path is not None
-    names = source.categories or tuple(categories(source.path))
-    return [ref for name in names for ref in _refs(source.path / name)]
 
 
 def read_questions(path: Path, category: str) -> tuple[Question, ...]:
@@ -100,7 +123,7 @@ def read_questions(path: Path, category: str) -> tuple[Question, ...]:
 
 def _refs(category: Path) -> list[ImageRef]:
     return [
-        ImageRef(f"{category.name}/{image.name}", image, questions_file=questions)
+        MmeRef(f"{category.name}/{image.name}", image, questions_file=questions)
         for image, questions in _pairs(category)
     ]
 
@@ -118,4 +141,4 @@ def _pairs(category: Path) -> list[tuple[Path, Path]]:
     )
 
 
-__all__ = ["categories", "list_images", "parse_source", "read_questions"]
+__all__ = ["MmeRef", "MmeSource", "categories", "parse", "read_questions"]
