@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.defaults import DEFAULT_MODEL
+from vlmflow.sources import SOURCES
 
 if TYPE_CHECKING:
     from vlmflow.experiments.distributed import Launch
@@ -49,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
         default="scenes",
-        help="scenes, scenes:N, coco:ANN.json[:IMAGES], coco-paper:ANN.json[:IMAGES],"
-        " mme:FOLDER[:CAT,...], a folder, a .txt list or an image",
+        help=", ".join(spec.usage for spec in SOURCES.values())
+        + ", a folder, a .txt list or an image",
     )
     parser.add_argument("--config", help="JSON or TOML file: one table of options per experiment")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

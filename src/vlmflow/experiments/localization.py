@@ -56,7 +56,7 @@ from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
 from vlmflow.experiments.window import middle_window, parse_window
 from vlmflow.sources import ImageRef, ImageSource
 from vlmflow.sources.coco import CocoMasks, CocoSource
-from vlmflow.sources.scenes import SCENES, SceneRef
+from vlmflow.sources.scenes import SceneRef, ScenesSource
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import CaptureResult
@@ -98,7 +98,7 @@ class SceneMasks:
         self._scene: tuple[int, Any] | None = None
 
     def check(self, source: ImageSource) -> None:
-        if source.kind != SCENES:
+        if not isinstance(source, ScenesSource):
             raise VlmflowError(
                 f"localization with masks=scene needs the scene world (got {source.key}): use "
                 "--images scenes, --images coco:ANNOTATIONS.json or masks = 'module:callable'"

@@ -26,14 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmflow.errors import VlmflowError
-from vlmflow.sources.source import ImageRef, ImageSource
+from vlmflow.sources.source import COCO, COCO_PAPER, ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.experiments.protocol import WorkItem
     from vlmflow.judge.scene import SceneVocabulary
 
-COCO = "coco"
-COCO_PAPER = "coco-paper"
 KINDS = (COCO, COCO_PAPER)
 USAGE = "coco:ANNOTATIONS.json[:IMAGES_DIR]"
 

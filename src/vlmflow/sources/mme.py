@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmflow.errors import VlmflowError
-from vlmflow.sources.source import IMAGE_SUFFIXES, ImageRef, ImageSource
+from vlmflow.sources.source import IMAGE_SUFFIXES, MME, ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.scenes.questions import Question
 
-MME = "mme"
 IMAGES = "images"
 QUESTIONS = "questions_answers_YES_or_NO"
 

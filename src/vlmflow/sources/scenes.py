@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.errors import VlmflowError
-from vlmflow.sources.source import ImageRef, ImageSource
+from vlmflow.sources.source import SCENES, ImageRef, ImageSource
 
 if TYPE_CHECKING:
     from vlmflow.scenes.questions import Question
-
-SCENES = "scenes"
 
 
 @dataclass(frozen=True, kw_only=True)

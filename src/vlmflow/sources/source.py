@@ -24,6 +24,8 @@ from vlmflow.errors import VlmflowError
 if TYPE_CHECKING:
     from vlmflow.scenes.questions import Question
 
+# the registered names of the forms vlmflow ships (`--images NAME[:ARGS]`, `ImageSource.kind`)
+SCENES, COCO, COCO_PAPER, MME = "scenes", "coco", "coco-paper", "mme"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
@@ -89,10 +91,10 @@ class SourceSpec:
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec
     for spec in (
-        SourceSpec("scenes", "vlmflow.sources.scenes:parse", "scenes, scenes:N", bare=True),
-        SourceSpec("coco", "vlmflow.sources.coco:parse", "coco:ANN.json[:IMAGES]"),
-        SourceSpec("coco-paper", "vlmflow.sources.coco:parse", "coco-paper:ANN.json[:IMAGES]"),
-        SourceSpec("mme", "vlmflow.sources.mme:parse", "mme:FOLDER[:CAT,...]"),
+        SourceSpec(SCENES, "vlmflow.sources.scenes:parse", "scenes, scenes:N", bare=True),
+        SourceSpec(COCO, "vlmflow.sources.coco:parse", "coco:ANN.json[:IMAGES]"),
+        SourceSpec(COCO_PAPER, "vlmflow.sources.coco:parse", "coco-paper:ANN.json[:IMAGES]"),
+        SourceSpec(MME, "vlmflow.sources.mme:parse", "mme:FOLDER[:CAT,...]"),
     )
 }
 PATHS = "vlmflow.sources.folder:parse"  # any other text: a folder, a .txt list or an image
