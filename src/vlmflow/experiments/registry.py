@@ -12,12 +12,12 @@ report should draw more than the generic table of means), then add one `Experime
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.errors import VlmflowError
+from vlmflow.targets import check, resolve
 
 if TYPE_CHECKING:
     from vlmflow.experiments.protocol import Experiment
@@ -60,25 +60,12 @@ class ExperimentSpec:
 
     def __post_init__(self) -> None:
         for target in (self.factory, *self._section_targets()):
-            _split(target)
+            check(target)
 
     def _section_targets(self) -> tuple[str, ...]:
         if self.section is None:
             return ()
         return tuple(t for t in (self.section.build, self.section.closing) if t)
-
-
-def _split(target: str) -> tuple[str, str]:
-    module, _, attribute = target.partition(":")
-    if not module or not attribute:
-        raise ValueError(f"target {target!r} must look like 'package.module:name'")
-    return module, attribute
-
-
-def resolve(target: str) -> Any:
-    """The object a "module:attribute" target names (imports the module)."""
-    module, attribute = _split(target)
-    return getattr(importlib.import_module(module), attribute)
 
 
 _SECTIONS = "vlmflow.report.sections"

@@ -13,13 +13,13 @@ function, and one `SourceSpec` line in `SOURCES` (or `register(spec)` from outsi
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.errors import VlmflowError
+from vlmflow.targets import check, resolve
 
 if TYPE_CHECKING:
     from vlmflow.scenes.questions import Question
@@ -87,6 +87,9 @@ class SourceSpec:
     usage: str
     bare: bool = False
 
+    def __post_init__(self) -> None:
+        check(self.factory)
+
 
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec
@@ -119,6 +122,5 @@ def parse(text: str) -> ImageSource:
     name, colon, _ = text.partition(":")
     spec = SOURCES.get(name)
     target = spec.factory if spec is not None and (colon or spec.bare) else PATHS
-    module, _, function = target.partition(":")
-    source: ImageSource = getattr(importlib.import_module(module), function)(text)
+    source: ImageSource = resolve(target)(text)
     return source
