@@ -541,7 +541,7 @@ def test_followup_prompt_is_the_layout_compress_continues(checkpoint: Path) -> N
     from PIL import Image
 
     import vlmflow
-    from vlmflow.compress.context import _context_text, continuation_ids
+    from vlmflow.compression.context import _context_text, continuation_ids
 
     handle = vlmflow.load(str(checkpoint))
     question = "Where is the dog in the image?"

@@ -142,7 +142,7 @@ class CompressedContext:
         return Answer(text, tuple(out), self.context_tokens, self.full_tokens, seconds)
 
     def save(self, path: Any) -> None:
-        from vlmflow.compress.storage import save_context
+        from vlmflow.compression.storage import save_context
 
         save_context(self, path)
 

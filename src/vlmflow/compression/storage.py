@@ -12,7 +12,7 @@ import torch
 from vlmflow.errors import VlmflowError
 
 if TYPE_CHECKING:
-    from vlmflow.compress.context import CompressedContext
+    from vlmflow.compression.context import CompressedContext
     from vlmflow.models.loading import Handle
 
 FORMAT = "vlmflow-context"
@@ -57,7 +57,7 @@ def load_context(path: Any, handle: Handle) -> CompressedContext:
     """Load a saved context for `handle`; refuse files of other models or other formats."""
     from safetensors import safe_open
 
-    from vlmflow.compress.context import CompressedContext
+    from vlmflow.compression.context import CompressedContext
 
     file = Path(path)
     if not file.is_file():
