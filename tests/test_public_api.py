@@ -39,6 +39,9 @@ def test_import_vlmflow_stays_torch_free_and_every_export_resolves() -> None:
         "print(missing)"
     )
     assert out.splitlines() == ["False", "[]"]
+    import vlmflow
+
+    assert sorted(vlmflow.__all__) == sorted(vlmflow._EXPORTS)
 
 
 def test_mypy_sees_the_real_types_of_the_lazy_exports(tmp_path: Path) -> None:
@@ -63,8 +66,14 @@ def test_mypy_sees_the_real_types_of_the_lazy_exports(tmp_path: Path) -> None:
     )
     config = str(tmp_path / "mypy.ini")
     stdout, stderr, status = api.run(
-        ["--config-file", config, "--no-incremental", "--cache-dir", str(tmp_path / "cache"),
-         str(snippet)]
+        [
+            "--config-file",
+            config,
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(snippet),
+        ]
     )
     assert status == 0, stdout + stderr
     revealed = [line for line in stdout.splitlines() if "Revealed type" in line]

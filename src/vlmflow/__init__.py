@@ -57,7 +57,26 @@ if TYPE_CHECKING:  # the same names, seen by mypy and IDEs with their real types
     from vlmflow.report.build import build_report
     from vlmflow.roles import Role
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the keys of _EXPORTS (tests/test_public_api.py checks they agree)
+    "Capture",
+    "CaptureResult",
+    "CompressedContext",
+    "Handle",
+    "Knockout",
+    "Layers",
+    "Prompt",
+    "Role",
+    "Runner",
+    "Session",
+    "VlmflowError",
+    "build_report",
+    "compare",
+    "compress",
+    "generate_variants",
+    "load",
+    "load_context",
+    "session",
+]
 
 
 def __getattr__(name: str) -> Any:
