@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -1005,27 +1004,6 @@ class Trainer:
 # ----------------------------------------------------------------------------- metrics
 
 
-def _patterns() -> list[tuple[str, re.Pattern[str]]]:
-    from vlmflow.scenes import VOCABULARY
-
-    out = []
-    for name, kind in VOCABULARY.items():
-        words = sorted({name, kind.plural, *kind.synonyms}, key=len, reverse=True)
-        alternatives = "|".join(re.escape(w) + "s?" for w in words)
-        out.append((name, re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)))
-    return out
-
-
-def mentioned_objects(text: str) -> set[str]:
-    """Canonical names of the vocabulary objects a description mentions (synonyms count)."""
-    return {name for name, pattern in _patterns() if pattern.search(text)}
-
-
-def yes_no(text: str) -> str | None:
-    words = re.findall(r"[a-z]+", text.lower())
-    return words[0] if words and words[0] in ("yes", "no") else None
-
-
 @dataclass(frozen=True)
 class EvalResult:
     scenes: int
@@ -1049,14 +1027,22 @@ def evaluate(
     batch_size: int = 8,
     progress: Callable[[str], None] = print,
 ) -> EvalResult:
-    """Object precision/recall of descriptions and yes/no accuracy on the cached scenes."""
+    """Object precision/recall of descriptions and yes/no accuracy on the cached scenes.
+
+    Descriptions and replies are read by the scene evaluator's own parsers
+    (`vlmflow.scenes.vocabulary.mentioned_objects`, `vlmflow.scenes.evaluate.parse_yes_no`),
+    so these progress figures measure what `vlmflow scenes evaluate` reports.
+    """
+    from vlmflow.scenes.evaluate import parse_yes_no
+    from vlmflow.scenes.vocabulary import mentioned_objects
+
     tp = n_pred = n_true = 0
     right: dict[str, list[bool]] = {}
     for start in range(0, len(cache), batch_size):
         stop = min(len(cache), start + batch_size)
         feats = np.asarray(cache.features[start:stop])
         for record, text in zip(cache.scenes[start:stop], trainer.describe(feats), strict=True):
-            pred, true = mentioned_objects(text), set(record["names"])
+            pred, true = set(mentioned_objects(text)), set(record["names"])
             tp, n_pred, n_true = tp + len(pred & true), n_pred + len(pred), n_true + len(true)
         for i, record in enumerate(cache.scenes[start:stop]):
             questions = record["questions"]
@@ -1064,7 +1050,7 @@ def evaluate(
                 np.repeat(feats[i : i + 1], len(questions), axis=0), [q[0] for q in questions]
             )
             for (_, answer, category), reply in zip(questions, replies, strict=True):
-                right.setdefault(category, []).append(yes_no(reply) == answer)
+                right.setdefault(category, []).append(parse_yes_no(reply) == answer)
         progress(f"eval {stop}/{len(cache)}")
     every = [r for rs in right.values() for r in rs]
     return EvalResult(
