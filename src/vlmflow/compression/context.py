@@ -31,6 +31,7 @@ import torch
 
 from vlmflow.errors import VlmflowError
 from vlmflow.models.loading import DEFAULT_PROMPT, Handle, ImageLike
+from vlmflow.models.positions import rope_index
 from vlmflow.roles import Role
 
 RANKINGS = ("sum", "max")
@@ -115,7 +116,7 @@ class CompressedContext:
         model = self.handle.model
         ids = self.question_ids(question).to(self.handle.device)
         cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)))
-        eos = _eos_ids(self.handle)
+        eos = self.handle.eos_ids(tokenizer=True)
         out: list[int] = []
         position = self.next_position.to(self.handle.device)  # (axes, 1)
         with torch.inference_mode():
@@ -189,15 +190,6 @@ def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
     return ids["input_ids"]  # (1, q)
 
 
-def _eos_ids(handle: Handle) -> set[int]:
-    eos = handle.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    tok = handle.processor.tokenizer
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    return ids
-
-
 def _user_turn(text: str, image: bool = False) -> dict[str, Any]:
     content = [{"type": "image"}] if image else []
     return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
@@ -217,15 +209,10 @@ def _context_text(handle: Handle, prompt: str) -> str:
 
 def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
     """(axes, 1) position of the token after the first `length` prompt positions."""
-    model = handle.model
-    get_rope_index = getattr(getattr(model, "model", model), "get_rope_index", None)
-    if get_rope_index is None:
+    rope = rope_index(handle.model, inputs, length)
+    if rope is None:
         return torch.tensor([[length]])
-    kwargs = {"image_grid_thw": inputs.get("image_grid_thw")}
-    if inputs.get("mm_token_type_ids") is not None:
-        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :length]
-    positions, _ = get_rope_index(inputs["input_ids"][:, :length], **kwargs)  # (3, 1, length)
-    return positions[:, 0, -1:].cpu() + 1  # (3, 1)
+    return rope[0][:, 0, -1:].cpu() + 1  # (3, 1)
 
 
 def compress(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,19 @@ class Handle:
             return out[:, n:]
         out.sequences = out.sequences[:, n:]
         return out
+
+    def eos_ids(
+        self, generate_kwargs: Mapping[str, Any] | None = None, *, tokenizer: bool = False
+    ) -> set[int]:
+        """Token ids that end a generation: those `generate()` stops at (`eos_token_id` of
+        `generate_kwargs` when given there, else the generation config's), and with
+        `tokenizer` also the tokenizer's own end-of-sequence token."""
+        eos = (generate_kwargs or {}).get("eos_token_id", self.model.generation_config.eos_token_id)
+        ids = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer and tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        return ids
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
