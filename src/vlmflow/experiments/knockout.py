@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
+from vlmflow.judge.backends import BACKENDS
 
 if TYPE_CHECKING:
     from vlmflow.attention.capture import Capture, CaptureResult
@@ -38,7 +39,7 @@ DEFAULT_PROMPT = "Describe the image."  # = vlmflow.models.loading.DEFAULT_PROMP
 BASELINE = "baseline"
 KNOCKOUTS = ("image-generated", "image-query", "image-query+generated")
 SCOPES = ("all", "from", "except")
-JUDGES = ("offline", "llm", "scene")
+JUDGES = BACKENDS  # the judge backends by name (vlmflow.judge.backends)
 _WINDOW = re.compile(r"^(?:except:)?(\d+)-(\d+)$")
 
 T = TypeVar("T")
@@ -167,12 +168,10 @@ class Judge:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            from vlmflow import judge
-
-            if self.name == "scene":
-                self._backend = judge.SceneJudge(scene_vocabulary())
-            else:
-                self._backend = judge.get_backend(self.name)
+            spec = BACKENDS[self.name]
+            # a closed-vocabulary backend matches the scene world's names and synonyms
+            options = {"vocabulary": scene_vocabulary()} if spec.closed_vocabulary else {}
+            self._backend = spec.build(**options)
         return self._backend
 
     def compare(self, reference: str, candidate: str) -> Verdict:
