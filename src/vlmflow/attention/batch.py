@@ -64,6 +64,23 @@ def generate_variants(
 
     `kwargs` go to `model.generate` (e.g. `min_new_tokens`). `share_prefill=False` computes the
     whole prompt per row (same results, no sharing).
+
+    Paper Sec. 4.1-4.2: the knockout sweep (one setting per row) of one image.
+
+    Args:
+        handle, prompt: the model and a one-row prompt (`Handle.prepare`).
+        variants: per variant a list of `Knockout`s (without `rows`); [] is the baseline.
+        max_new_tokens: length limit of every generation.
+        capture: record attention for every row (batch index = variant index).
+        share_prefill: compute the prompt positions no variant changes once.
+
+    Returns:
+        A `VariantRun`: `ids` per variant (new,) up to and including the first EOS, the
+        capture (`fractions` (steps, layers, variants, 4)), and how many positions were shared.
+
+    Raises:
+        VlmflowError: a prompt of more than one row, no variants, or a knockout that already
+            names rows.
     """
     if prompt.input_ids.shape[0] != 1:
         raise VlmflowError("variants run on one prompt: prepare a single image and text")

@@ -104,10 +104,21 @@ class CompressedContext:
         return continuation_ids(self.handle, question)
 
     def ask(self, question: str, max_new_tokens: int = 16, stop_at_eos: bool = True) -> Answer:
-        """Greedy answer from the compressed context, without the image: at most
-        `max_new_tokens` tokens (>= 1; VlmflowError otherwise), stopping at the end of turn.
+        """Greedy answer from the compressed context, without the image (paper Sec. 5).
 
-        Raises VlmflowError for a question that spells a special token (`<image>`, ...)."""
+        Args:
+            question: a new user turn after the describe prompt.
+            max_new_tokens: at most this many tokens (>= 1).
+            stop_at_eos: stop at the model's or the tokenizer's end-of-sequence token.
+
+        Returns:
+            An `Answer`: `text` (decoded, stripped), token `ids`, `context_tokens` (cached
+            positions per layer it attended to) of `full_tokens`, and `seconds` taken.
+
+        Raises:
+            VlmflowError: `max_new_tokens` < 1, or a question that spells a special token
+                (`<image>`, ...).
+        """
         from transformers import DynamicCache
 
         if max_new_tokens < 1:
@@ -227,8 +238,25 @@ def compress(
     per layer by the description's attention (`rank`, and a one-token description: module
     docstring, `image_scores`), keep the top `k` fraction of them (rounded to whole tokens).
 
-    Raises VlmflowError for k outside [0, 1], an unknown `rank`, `max_new_tokens` < 1, or not
-    exactly one image.
+    Paper Sec. 5 (efficient visual processing): the kept context is the prompt's prefix
+    (attention sinks), its query tokens and per layer the top-k image tokens.
+
+    Args:
+        handle: the loaded model.
+        image: one image (path, URL, PIL image or array, as `Handle.prepare` takes).
+        k: the fraction of image tokens kept per layer, 0 <= k <= 1 (0.05 keeps 5%).
+        prompt: the describe prompt whose KV cache is compressed.
+        max_new_tokens: length limit of the description that ranks the image tokens.
+        rank: "sum" (attention summed over the generated tokens) or "max".
+
+    Returns:
+        A `CompressedContext`: per layer keys and values (1, h_kv, c, d) of the c kept prompt
+        positions (`kept`), the position id the follow-up continues at, the description;
+        `.ask(question)` answers without the image, `.save(path)` writes it.
+
+    Raises:
+        VlmflowError: k outside [0, 1], an unknown `rank`, `max_new_tokens` < 1, or not
+            exactly one image.
     """
     import vlmflow
 

@@ -54,7 +54,20 @@ def save_context(context: CompressedContext, path: Any) -> None:
 
 
 def load_context(path: Any, handle: Handle) -> CompressedContext:
-    """Load a saved context for `handle`; refuse files of other models or other formats."""
+    """Load a context written by `CompressedContext.save` (paper Sec. 5), for `handle`.
+
+    Args:
+        path: the file (safetensors with vlmflow's metadata).
+        handle: the model it was made with; its tensors go to this handle's device.
+
+    Returns:
+        The `CompressedContext`, ready to `ask`; it has no ranking, so `pruned` needs a fresh
+        `compress`.
+
+    Raises:
+        VlmflowError: no such file, an unreadable file, another format version, or a context
+            of another model.
+    """
     from safetensors import safe_open
 
     from vlmflow.compression.context import CompressedContext

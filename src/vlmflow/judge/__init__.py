@@ -94,10 +94,25 @@ def compare(
     *,
     cache: JudgeCache | str | bool | None = True,
 ) -> Verdict:
-    """One verdict; a cached one when this backend, model and prompt judged these texts before.
+    """Compare two descriptions object by object (paper Sec. 4.2, Appendix: the LLM judge).
 
-    Raises `JudgeReplyError` when the backend answers with something unusable (recorded in the
-    cache's failures table, never stored as a verdict).
+    One verdict; a cached one when this backend, model and prompt judged these texts before.
+
+    Args:
+        reference: the ground-truth description (e.g. generated without knockout).
+        candidate: the description judged against it (e.g. under a knockout).
+        backend: a backend name of `BACKENDS` ("offline", "llm", "scene") or an instance.
+        cache: True (the default cache file), a path, a `JudgeCache`, or False/None (none).
+
+    Returns:
+        A `Verdict`: the objects of each text, the matches, and TP / FP / FN with precision,
+        recall and F1 in [0, 1] (precision: candidate objects found in the reference; recall:
+        reference objects found in the candidate).
+
+    Raises:
+        JudgeReplyError: the backend answered with something unusable (recorded in the
+            cache's failures table, never stored as a verdict).
+        VlmflowError: an unknown backend name, or one that cannot start (see `get_backend`).
     """
     judge = get_backend(backend)
     store = _cache_of(cache)
