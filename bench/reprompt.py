@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import vlmflow
-from vlmflow.compress import compress
+from vlmflow.compression import compress
 from vlmflow.defaults import DEFAULT_MODEL
 
 QUESTIONS = ("Is there a dog in the image?", "Is there a car in the top left of the image?")

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" where {losses.where:.3f}" if losses.where else "")
                 + f") {dt:.2f} s/step"
                 f" ({cpu:.1f} cpu-s)"
-                f"  ETA {tr._eta(_remaining_seconds(history, config))}"
+                f"  ETA {tr.eta(_remaining_seconds(history, config))}"
             )
             if trainer.step % args.checkpoint_every == 0 or trainer.step == config.total_steps:
                 trainer.save(checkpoint, history)

@@ -55,13 +55,39 @@ def test_batches_are_a_function_of_seed_and_step(tmp_path: Path, scenes: list[An
     assert first[1].answer in ("Yes.", "No.")
 
 
-def test_mentioned_objects_understand_synonyms_and_plurals() -> None:
-    text = "There are three objects: a puppy in the top left, two apples and a small key."
-    found = tr.mentioned_objects(text)
-    assert {"dog", "apple"} <= found
-    assert "cat" not in found
-    assert tr.mentioned_objects("A watermelon.") == {"watermelon"}
-    assert tr.yes_no("Yes.") == "yes" and tr.yes_no(" no") == "no" and tr.yes_no("Maybe") is None
+class _ScriptedTrainer:
+    """Stands in for a Trainer: fixed descriptions and first replies, no model."""
+
+    def __init__(self, description: str, reply: str) -> None:
+        self.description, self.reply = description, reply
+
+    def describe(self, features: np.ndarray) -> list[str]:
+        return [self.description] * len(features)
+
+    def first_tokens(self, features: np.ndarray, questions: list[str]) -> list[str]:
+        return [self.reply] * len(questions)
+
+
+def test_training_figures_read_texts_as_the_scene_evaluator_does(tmp_path: Path) -> None:
+    """'two puppies and a sofa' names a dog and a couch; 'no-one is there' is no answer."""
+    from vlmflow.scenes.evaluate import parse_yes_no
+    from vlmflow.scenes.vocabulary import mentioned_objects
+
+    record = {"names": ["dog", "cat"], "questions": [["Is there a dog?", "no", "presence"]]}
+    cache = tr.FeatureCache(
+        folder=tmp_path,
+        features=np.zeros((1, 256, 384), np.float16),
+        cells=np.zeros((1, 256), np.int16),
+        scenes=[record],
+    )
+    text = "two puppies and a sofa"
+    assert mentioned_objects(text) == ("dog", "couch")
+    result = tr.evaluate(_ScriptedTrainer(text, "no-one is there"), cache, progress=lambda _: None)  # type: ignore[arg-type]
+    assert (result.precision, result.recall) == (0.5, 0.5)  # dog right, couch extra, cat missed
+    assert parse_yes_no("no-one is there") is None
+    assert result.yes_no_accuracy == 0.0  # an unparsed reply counts wrong, as in the evaluator
+    result = tr.evaluate(_ScriptedTrainer(text, "No, there is not."), cache, progress=print)  # type: ignore[arg-type]
+    assert result.yes_no_accuracy == 1.0
 
 
 def test_projector_export_folds_the_standardisation() -> None:
@@ -541,7 +567,7 @@ def test_followup_prompt_is_the_layout_compress_continues(checkpoint: Path) -> N
     from PIL import Image
 
     import vlmflow
-    from vlmflow.compress.context import _context_text, continuation_ids
+    from vlmflow.compression.context import _context_text, continuation_ids
 
     handle = vlmflow.load(str(checkpoint))
     question = "Where is the dog in the image?"

@@ -112,5 +112,12 @@ def test_a_slow_rank_that_beats_is_waited_for(tmp_path: Path) -> None:
     one.start()  # beats, reports `done` only after three timeouts
     threading.Timer(1.5, one.report, [DONE]).start()
     zero = Meeting(store, 0, 2, timeout_s=0.5, beat_s=0.05)  # type: ignore[arg-type]
-    zero.gather()
-    one.stop()
+    start = time.monotonic()
+    try:
+        zero.gather()  # raises RankLost if the beating rank were given up after 0.5 s
+        waited = time.monotonic() - start
+    finally:
+        one.stop()
+    # it returned only once rank 1 reported, three timeouts later, and saw its `done`
+    assert waited >= 1.0, f"gather returned after {waited:.2f} s, before rank 1 reported"
+    assert store.get("status/1").decode() == DONE  # type: ignore[attr-defined]

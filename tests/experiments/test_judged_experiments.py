@@ -200,7 +200,7 @@ def _baseline_ranking(handle: Any, max_new_tokens: int) -> tuple[Any, Any, Any]:
 
 def _compressed_image_keys(handle: Any, k: float, max_new_tokens: int) -> list[list[int]]:
     """Per layer, the image positions `vlmflow.compress` keeps at fraction k (sum ranking)."""
-    from vlmflow.compress import compress
+    from vlmflow.compression import compress
 
     context = compress(handle, load_fixed_scene(0).image, k=k, max_new_tokens=max_new_tokens)
     image = set(context.image_positions)

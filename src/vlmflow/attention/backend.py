@@ -148,6 +148,34 @@ def attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # (b, q, h, d), None
+    """transformers' attention interface, registered as "vlmflow": SDPA plus knockout and capture.
+
+    Called by every decoder layer of a model loaded with `attn="sdpa"` (`vlmflow.load`), for
+    the prefill (q = n prompt positions) and each decode step (q = 1), with `key`/`value`
+    holding every cached position (kv >= q). Without an open session that touches
+    `module.layer_idx` it is exactly `sdpa_attention_forward` (bit-identical outputs).
+
+    Inside a session: keys whose role is knocked out for a query's role at this layer are
+    removed from that query's mask on top of the causal and padding mask (paper Sec. 4.1,
+    Eq. 3-4: the attention weight becomes exactly 0 and the rest renormalise), and for a
+    captured step the last query row's softmax weights (b, h, kv) float32, recomputed without
+    repeating key-value heads, go to the session's recorder (reduced there to role fractions
+    and image rows, paper Sec. 4.3-4.5).
+
+    Args:
+        module: the layer's attention module (its `layer_idx` picks the knockout layers).
+        query: (b, h, q, d); key, value: (b, h_kv, kv, d), h a multiple of h_kv.
+        attention_mask: (b, 1, q, kv) bool (True: may attend), or None for plain causal.
+        scaling: softmax scale (d**-0.5 when None); dropout: as transformers passes it.
+
+    Returns:
+        (output (b, q, h, d), None): attention weights are never returned, as with SDPA.
+
+    Raises:
+        VlmflowError: a layer the session cannot handle exactly (sliding window, soft-capped
+            or sink attention), or capture over a batch that is not one row per prompt row
+            (num_beams or num_return_sequences > 1).
+    """
     q_len, kv_len = query.shape[2], key.shape[2]
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)

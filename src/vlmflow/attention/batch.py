@@ -30,6 +30,7 @@ from vlmflow.attention.knockout import Knockout
 from vlmflow.attention.session import session
 from vlmflow.errors import VlmflowError
 from vlmflow.models.layout import PromptLayout
+from vlmflow.models.positions import rope_index
 from vlmflow.roles import Role
 
 if TYPE_CHECKING:
@@ -63,6 +64,23 @@ def generate_variants(
 
     `kwargs` go to `model.generate` (e.g. `min_new_tokens`). `share_prefill=False` computes the
     whole prompt per row (same results, no sharing).
+
+    Paper Sec. 4.1-4.2: the knockout sweep (one setting per row) of one image.
+
+    Args:
+        handle, prompt: the model and a one-row prompt (`Handle.prepare`).
+        variants: per variant a list of `Knockout`s (without `rows`); [] is the baseline.
+        max_new_tokens: length limit of every generation.
+        capture: record attention for every row (batch index = variant index).
+        share_prefill: compute the prompt positions no variant changes once.
+
+    Returns:
+        A `VariantRun`: `ids` per variant (new,) up to and including the first EOS, the
+        capture (`fractions` (steps, layers, variants, 4)), and how many positions were shared.
+
+    Raises:
+        VlmflowError: a prompt of more than one row, no variants, or a knockout that already
+            names rows.
     """
     if prompt.input_ids.shape[0] != 1:
         raise VlmflowError("variants run on one prompt: prepare a single image and text")
@@ -213,32 +231,21 @@ def _layers(cache: Any, repeat: int | None = None) -> list[tuple[torch.Tensor, t
 
 def _positions(handle: Handle, prompt: Prompt) -> torch.Tensor:
     """Position ids of the prompt: (1, n), or (3, 1, n) for multimodal rotary positions."""
-    inputs = prompt.inputs
-    model = handle.model
-    get_rope_index = getattr(getattr(model, "model", model), "get_rope_index", None)
-    n = prompt.layout.length
-    if get_rope_index is None:
-        return torch.arange(n, device=handle.device)[None]
-    extra = {"image_grid_thw": inputs.get("image_grid_thw")}
-    if inputs.get("mm_token_type_ids") is not None:
-        extra["mm_token_type_ids"] = inputs["mm_token_type_ids"]
-    positions, _ = get_rope_index(inputs["input_ids"], **extra)  # (3, 1, n)
-    return positions
+    rope = rope_index(handle.model, prompt.inputs)
+    if rope is None:
+        return torch.arange(prompt.layout.length, device=handle.device)[None]
+    return rope[0]  # (3, 1, n)
 
 
 def _set_rope_deltas(model: Any, prompt: Prompt) -> None:
     """Multimodal rotary models continue a cache at `position + rope_deltas`: set it for the
     prompt (one value for every row, which all hold the same prompt)."""
     inner = getattr(model, "model", model)
-    get_rope_index = getattr(inner, "get_rope_index", None)
-    if get_rope_index is None or not hasattr(inner, "rope_deltas"):
+    if not hasattr(inner, "rope_deltas"):
         return
-    inputs = prompt.inputs
-    extra = {"image_grid_thw": inputs.get("image_grid_thw")}
-    if inputs.get("mm_token_type_ids") is not None:
-        extra["mm_token_type_ids"] = inputs["mm_token_type_ids"]
-    _, deltas = get_rope_index(inputs["input_ids"], **extra)  # (1, 1)
-    inner.rope_deltas = deltas
+    rope = rope_index(model, prompt.inputs)
+    if rope is not None:
+        inner.rope_deltas = rope[1]  # (1, 1)
 
 
 def _repeat_prompt(prompt: Prompt, count: int) -> Prompt:
@@ -254,15 +261,10 @@ def _repeat_prompt(prompt: Prompt, count: int) -> Prompt:
     return Prompt(inputs, layout, prompt.texts * count)
 
 
-def _eos(handle: Handle, kwargs: dict[str, Any]) -> set[int]:
-    eos = kwargs.get("eos_token_id", handle.model.generation_config.eos_token_id)
-    return set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
-
-
 def _cut(handle: Handle, new: torch.Tensor, kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """(b, new) padded generations -> per row (new_r,), up to and including the first EOS, as
     a batch-1 `generate()` stops."""
-    eos = _eos(handle, kwargs)
+    eos = handle.eos_ids(kwargs)
     out = []
     for row in new:
         ids = row.tolist()

@@ -26,6 +26,14 @@ class Capture:
     """What to record. `fractions`: attention mass per role (heads averaged) at `layers`.
     `image_layers`: layers whose attention row over the image positions is kept (heads averaged).
     `steps`: the steps to record (None: all), e.g. only the steps of an object's tokens.
+
+    Step t is the forward pass that produced generated token t (step 0: the prefill's last
+    prompt position). The result (`CaptureResult`, on CPU): `fractions` (steps, layers, b, 4)
+    float32, per role prefix / image / query / generated, summing to 1 (NaN where not
+    captured); `image_rows[layer]` (steps, b, n_image) in `dtype`. These are the measurements
+    of the paper's Sec. 4.3-4.5 (attention to the image across layers, localization).
+    Build with `Capture.of(layers="all", image_layers="only:10-20")`; a bad layer spec raises
+    VlmflowError.
     """
 
     fractions: bool = True

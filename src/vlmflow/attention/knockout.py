@@ -22,7 +22,12 @@ SETTINGS = {
 @dataclass(frozen=True)
 class Knockout:
     """At every layer in `layers`, queries with a role in `tgt` get no attention to keys with a
-    role in `src` (added -inf on top of the causal mask).
+    role in `src` (added -inf on top of the causal mask): the paper's attention knockout,
+    Sec. 4.1, Eq. 3-4. Layers are 0-indexed decoder layers of the language model.
+
+    Build one with `Knockout.parse("image->query+generated", "from:12")` (the CLI's strings;
+    VlmflowError for a bad setting or layer spec) or `Knockout.key_set({layer: positions})`.
+    A layer spec outside the model's layers raises VlmflowError when a session resolves it.
 
     With `keys` set, the blocked keys are those explicit prompt positions per layer instead of a
     role set (top-k pruning blocks the image keys outside each layer's kept set).

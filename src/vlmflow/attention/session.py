@@ -256,6 +256,19 @@ def session(
     """Scope knockouts and capture to the `with` block; they apply to `prompt`'s batch, on
     `handle`'s model only.
 
+    Args:
+        handle: the loaded model (`vlmflow.load`).
+        prompt: the prepared batch the block runs (`Handle.prepare`); running another prompt
+            in the block is an error.
+        knockout: one `Knockout` or several; they combine (paper Sec. 4.1, Eq. 3-4).
+        capture: what attention to record (`Capture`), or None.
+
+    Yields:
+        The `Session`: `s.generate(**generate_kwargs)` returns the new token ids (b, new)
+        (greedy, 32 tokens unless overridden); after it, `s.capture` is a `CaptureResult`
+        with `fractions` (steps, layers, b, 4) float32 and per chosen layer the attention rows
+        over the image positions (steps, b, n_image), heads averaged, on CPU.
+
     Threads: code in the block, and threads run with `contextvars.copy_context().run` from it,
     use the session. A thread with no session of its own (e.g. transformers' streaming recipe,
     `generate` in a `threading.Thread`) runs the model under the session open on that model;

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import vlmflow
-    from vlmflow.compress import compress, load_context
+    from vlmflow.compression import compress, load_context
 
     handle = vlmflow.load(args.model, device=args.device)
     start = time.perf_counter()

@@ -43,6 +43,7 @@ from vlmflow.experiments.protocol import (
     result_config,
 )
 from vlmflow.experiments.window import middle_window, parse_window
+from vlmflow.judge.backends import BACKENDS
 from vlmflow.sources import ImageRef, ImageSource
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 BASELINE = "baseline"
 KNOCKOUTS = ("image-generated", "image-query", "image-query+generated")
 SCOPES = ("all", "from", "except")
-JUDGES = ("offline", "llm", "scene")
+JUDGES = BACKENDS  # the judge backends by name (vlmflow.judge.backends)
 
 
 # -- the judge, shared by knockout, topk and localization -----------------------------------
@@ -73,12 +74,10 @@ class Judge:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            from vlmflow import judge
-
-            if self.name == "scene":
-                self._backend = judge.SceneJudge(scene_vocabulary())
-            else:
-                self._backend = judge.get_backend(self.name)
+            spec = BACKENDS[self.name]
+            # a closed-vocabulary backend matches the scene world's names and synonyms
+            options = {"vocabulary": scene_vocabulary()} if spec.closed_vocabulary else {}
+            self._backend = spec.build(**options)
         return self._backend
 
     def compare(self, reference: str, candidate: str) -> Verdict:

@@ -71,7 +71,7 @@ class Reprompt:
         self.options = parse_config(RepromptConfig, opts, self.name)
         if any(not 0 < k <= 1 for k in self.options.ks):
             raise VlmflowError("reprompt: every k must be in (0, 1], e.g. ks = [0.05, 0.02]")
-        from vlmflow.compress.context import RANKINGS
+        from vlmflow.compression.context import RANKINGS
 
         if self.options.rank not in RANKINGS:
             raise VlmflowError(
@@ -101,7 +101,7 @@ class Reprompt:
         return rows
 
     def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
-        from vlmflow.compress import compress
+        from vlmflow.compression import compress
 
         ref: ImageRef = item.payload["image"]
         questions = self._memo.get(handle, item, "questions", ref.questions)

@@ -92,10 +92,22 @@ class RunSummary:
 
 
 class Runner:
-    """Executes experiments unit by unit into a `ResultStore`.
+    """Executes experiments unit by unit into a `ResultStore`: the runner behind `vlmflow run`.
 
-    `handle_factory` is called at most once, just before the first unit of an experiment that
-    needs a model: a fully resumed run never loads one, and tests pass model-free experiments.
+    A unit is one (work item, setting) of an experiment, e.g. one image under one knockout
+    (paper Sec. 4-5: each analysis is an experiment). `handle_factory` is called at most once,
+    just before the first unit of an experiment that needs a model: a fully resumed run never
+    loads one, and tests pass model-free experiments.
+
+    Args:
+        experiments: the experiments to run, each at most once (VlmflowError otherwise).
+        source: the images (`ImageSource`); its key is part of each run's identity.
+        store: where results go (`ResultStore.open`); done units are skipped.
+        model: the model's name, recorded with every run that needs one.
+        handle_factory: builds the `Handle` on first need.
+        shard: this rank's share of the items (data parallel), all by default.
+        retry_failed: run units recorded as failed again.
+        progress: show a progress bar on stderr.
     """
 
     def __init__(
@@ -156,7 +168,13 @@ class Runner:
         return Plan(tuple(units), skipped, run_ids)
 
     def run(self) -> RunSummary:
-        """Work through the plan; returns early (interrupted) after SIGINT/SIGTERM."""
+        """Work through the plan, committing each unit's result (or its failure) as it ends.
+
+        Returns a `RunSummary`: units done, failed, skipped (already in the store), remaining,
+        seconds, run ids, and the signal that interrupted it (SIGINT/SIGTERM return early,
+        after the current unit). A unit that raises is recorded as failed and the run goes on;
+        VlmflowError is raised for work items that share an id.
+        """
         start = time.perf_counter()
         plan = self.plan()
         done = failed = 0

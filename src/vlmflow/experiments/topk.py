@@ -111,7 +111,7 @@ def rank_image_tokens(capture: CaptureResult, positions: Sequence[int]) -> Ranki
     position's row), heads averaged; equal scores keep the earlier image position. Raises
     RuntimeError when `capture` holds other image positions than `positions`.
     """
-    from vlmflow.compress.context import image_scores, top_indices
+    from vlmflow.compression.context import image_scores, top_indices
 
     captured = [int(p) for p in capture.image_positions[0].tolist()]
     if captured != list(positions):

@@ -7,9 +7,10 @@
     judge.compare(a, b, backend=judge.SceneJudge({"dog": ["puppy"], "car": []}))
     judge.compare_many(pairs, backend="offline")             # Verdict or Failure per pair
 
-Backends: `offline` (WordNet + MiniLM, no network, the default), `llm` (any OpenAI-compatible
-endpoint) and `scene` (a closed vocabulary). Verdicts are cached in SQLite by (backend, model,
-prompt version, texts); see `vlmflow.judge.cache`.
+Backends (`BACKENDS`, in `vlmflow.judge.backends`): `offline` (WordNet + MiniLM, no network,
+the default), `llm` (any OpenAI-compatible endpoint) and `scene` (a closed vocabulary).
+Verdicts are cached in SQLite by (backend, model, prompt version, texts); see
+`vlmflow.judge.cache`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from vlmflow.judge.backends import BACKENDS, BackendSpec, backend_spec
 from vlmflow.judge.cache import JudgeCache
 from vlmflow.judge.protocol import Backend, Failure, JudgeReplyError, Match, Verdict
 
@@ -26,7 +28,9 @@ if TYPE_CHECKING:
     from vlmflow.judge.scene import SceneJudge, SceneVocabulary
 
 __all__ = [
+    "BACKENDS",
     "Backend",
+    "BackendSpec",
     "Failure",
     "JudgeCache",
     "JudgeReplyError",
@@ -42,8 +46,6 @@ __all__ = [
     "get_backend",
     "mentions",
 ]
-
-BACKENDS = ("offline", "llm", "scene")
 
 
 _LAZY = {
@@ -65,28 +67,14 @@ def __getattr__(name: str) -> Any:
 
 
 def get_backend(name: str | Backend = "offline", **options: Any) -> Backend:
-    """A backend by name (`offline`, `llm`, `scene`), or the instance given."""
+    """A backend built by name from `options` (see `BACKENDS`), or the instance given.
+
+    Raises VlmflowError for an unknown name or options the backend cannot start with (the
+    `scene` backend without a `vocabulary`, the `llm` backend without an API key).
+    """
     if isinstance(name, Backend):
         return name
-    if name == "offline":
-        from vlmflow.judge.offline import OfflineJudge
-
-        return OfflineJudge(**options)
-    if name == "llm":
-        from vlmflow.judge.llm import LlmJudge
-
-        return LlmJudge(**options)
-    if name == "scene":
-        from vlmflow.judge.scene import SceneJudge
-
-        if "vocabulary" not in options:
-            from vlmflow.errors import VlmflowError
-
-            raise VlmflowError("the scene backend needs a vocabulary: pass --vocabulary FILE.json")
-        return SceneJudge(options["vocabulary"])
-    from vlmflow.errors import VlmflowError
-
-    raise VlmflowError(f"unknown judge backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return backend_spec(name).build(**options)
 
 
 def _cache_of(cache: JudgeCache | str | bool | None) -> JudgeCache | None:
@@ -106,10 +94,25 @@ def compare(
     *,
     cache: JudgeCache | str | bool | None = True,
 ) -> Verdict:
-    """One verdict; a cached one when this backend, model and prompt judged these texts before.
+    """Compare two descriptions object by object (paper Sec. 4.2, Appendix: the LLM judge).
 
-    Raises `JudgeReplyError` when the backend answers with something unusable (recorded in the
-    cache's failures table, never stored as a verdict).
+    One verdict; a cached one when this backend, model and prompt judged these texts before.
+
+    Args:
+        reference: the ground-truth description (e.g. generated without knockout).
+        candidate: the description judged against it (e.g. under a knockout).
+        backend: a backend name of `BACKENDS` ("offline", "llm", "scene") or an instance.
+        cache: True (the default cache file), a path, a `JudgeCache`, or False/None (none).
+
+    Returns:
+        A `Verdict`: the objects of each text, the matches, and TP / FP / FN with precision,
+        recall and F1 in [0, 1] (precision: candidate objects found in the reference; recall:
+        reference objects found in the candidate).
+
+    Raises:
+        JudgeReplyError: the backend answered with something unusable (recorded in the
+            cache's failures table, never stored as a verdict).
+        VlmflowError: an unknown backend name, or one that cannot start (see `get_backend`).
     """
     judge = get_backend(backend)
     store = _cache_of(cache)

@@ -27,20 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="REFERENCE CANDIDATE (text or @file), or 'agreement' and an optional label file "
         "(default: the hand-labelled set that ships with vlmflow)",
     )
-    parser.add_argument("--backend", choices=("offline", "llm", "scene"), default="offline")
+    from vlmflow.judge.backends import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=tuple(BACKENDS),
+        default="offline",
+        help="; ".join(f"{name}: {spec.help}" for name, spec in BACKENDS.items()),
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    llm = parser.add_argument_group("llm backend (defaults from VLMFLOW_JUDGE_* / OPENAI_*)")
-    llm.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    llm.add_argument("--model", help="chat model name (default gpt-4o)")
-    llm.add_argument("--api-key", help="API key (prefer VLMFLOW_JUDGE_API_KEY)")
-    llm.add_argument("--timeout", type=float, help="seconds per request (default 120)")
-    llm.add_argument("--retries", type=int, help="retries of a failed request (default 3)")
-    parser.add_argument(
-        "--vocabulary", help="scene backend: JSON file mapping object names to synonym lists"
-    )
-    parser.add_argument(
-        "--no-embeddings", action="store_true", help="offline backend: WordNet only, no MiniLM"
-    )
+    for spec in BACKENDS.values():
+        spec.flags(parser)
     parser.add_argument("--cache", help="SQLite cache file (default $VLMFLOW_CACHE/judge.sqlite3)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument("--split", help="agreement: only label lines of this split (dev, heldout)")
@@ -61,28 +58,9 @@ def _read_text(value: str) -> str:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    from vlmflow import judge
+    from vlmflow.judge.backends import backend_spec
 
-    if args.backend == "offline":
-        return judge.OfflineJudge(use_embeddings=not args.no_embeddings)
-    if args.backend == "llm":
-        return judge.LlmJudge(
-            base_url=args.base_url,
-            model=args.model,
-            api_key=args.api_key,
-            timeout=args.timeout,
-            retries=args.retries,
-        )
-    if not args.vocabulary:
-        raise VlmflowError("the scene backend needs --vocabulary FILE.json ({name: [synonyms]})")
-    path = Path(args.vocabulary)
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise VlmflowError(f"cannot read vocabulary {path}: {err}") from None
-    if not isinstance(mapping, dict):
-        raise VlmflowError(f"vocabulary {path} must be a JSON object {{name: [synonyms]}}")
-    return judge.SceneJudge({str(k): [str(s) for s in v] for k, v in mapping.items()})
+    return backend_spec(args.backend).from_args(args)
 
 
 def _cache(args: argparse.Namespace) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,23 @@ class Handle:
     def prepare(
         self, images: ImageLike | Sequence[ImageLike], prompt: str = DEFAULT_PROMPT
     ) -> Prompt:
-        """One user turn: the image(s), then the text, through the chat template."""
+        """One user turn: the image(s), then the text, through the model's chat template.
+
+        Args:
+            images: one image or a list of them: a file path, an http(s) URL, a PIL image or a
+                numpy array (H, W[, C]), read by `vlmflow.images.read_image`.
+            prompt: the text after the images (default "Describe the image.").
+
+        Returns:
+            A `Prompt` of batch 1: `inputs` (the processor's tensors on the model's device,
+            `input_ids` (1, n)) and `layout` with the role of every position (prefix, image,
+            query; paper Sec. 3) and each image's span and token grids.
+
+        Raises:
+            VlmflowError: an image that cannot be read exactly, a text that spells one of the
+                tokenizer's special tokens (e.g. "<image>"), or an input the family's processor
+                refuses.
+        """
         seq = list(images) if isinstance(images, list | tuple) else [images]
         return self.prepare_batch([(seq, prompt)])
 
@@ -161,6 +177,19 @@ class Handle:
         out.sequences = out.sequences[:, n:]
         return out
 
+    def eos_ids(
+        self, generate_kwargs: Mapping[str, Any] | None = None, *, tokenizer: bool = False
+    ) -> set[int]:
+        """Token ids that end a generation: those `generate()` stops at (`eos_token_id` of
+        `generate_kwargs` when given there, else the generation config's), and with
+        `tokenizer` also the tokenizer's own end-of-sequence token."""
+        eos = (generate_kwargs or {}).get("eos_token_id", self.model.generation_config.eos_token_id)
+        ids = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer and tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        return ids
+
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
@@ -226,11 +255,30 @@ def load(
 ) -> Handle:
     """Load a supported VLM with vlmflow's attention backend on its language model.
 
-    `attn="sdpa"` (default) routes the language model through the registered "vlmflow" function
-    (SDPA outside sessions); "eager" or a flash-attention name load the model as transformers
-    would, and sessions with knockout or capture are then refused. `device_map="auto"` spreads
-    a model larger than one device over several (accelerate); sessions stay exact because each
-    layer reads the role codes on its own device.
+    Args:
+        path_or_id: a checkpoint folder or hub id of a supported family, or "vlmflow-tiny"
+            (the embedded default model, assembled on first use).
+        device: where the model goes ("cpu", "cuda", "cuda:1", ...); ignored with `device_map`.
+        dtype: "auto" (the checkpoint's; float32 on CPU), or a torch dtype or its name
+            ("bfloat16", "float16", "float32").
+        attn: "sdpa" (default) routes the language model through the registered "vlmflow"
+            attention function (plain SDPA outside sessions); "eager" or a flash-attention
+            name load the model as transformers would, and sessions with knockout or capture
+            are then refused.
+        device_map: e.g. "auto" spreads a model larger than one device over several
+            (accelerate); sessions stay exact because each layer reads the role codes on its
+            own device.
+
+    Returns:
+        A `Handle` (model in eval mode, processor, the family's token-role resolver).
+
+    Raises:
+        VlmflowError: an unknown `attn`, a family vlmflow does not support, a checkpoint that
+            cannot be read, a missing attention kernel, or "vlmflow-tiny" in an install
+            without the default model's pieces.
+
+    Paper: the setting of Sec. 3 (a VLM whose language model reads image tokens through
+    attention); the backend is what Sec. 4.1's knockout and the captures act through.
     """
     from transformers import AutoModelForImageTextToText
 

@@ -50,6 +50,18 @@ def build_report(out_dir: str | Path) -> Path:
     One section per experiment in the store, one figure set per run of it; failed items are
     listed, never plotted. The `figures` folder belongs to the report: PNGs there that this
     build did not write (from runs since removed) are deleted. Returns the report's path.
+
+    Args:
+        out_dir: the folder a `vlmflow run --out` wrote (holding `results.sqlite3`).
+
+    Returns:
+        The path of `report.html`, written atomically (a reader never sees half a page).
+
+    Raises:
+        VlmflowError: no results store in `out_dir`, or one with neither results nor failures.
+
+    The figures are the paper's: role fractions across layers (Sec. 4.4), knockout F1 per
+    layer window (Sec. 4.2-4.4), localization (Sec. 4.5), re-prompting (Sec. 5).
     """
     out = Path(out_dir)
     with open_store(out) as store:

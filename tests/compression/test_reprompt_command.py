@@ -26,7 +26,7 @@ def test_questions_that_spell_special_tokens_are_refused(tiny_path, photo, tmp_p
     import pytest
 
     import vlmflow
-    from vlmflow.compress import compress
+    from vlmflow.compression import compress
 
     handle = vlmflow.load(str(tiny_path("llava")))
     context = compress(handle, photo, k=0.25, max_new_tokens=3)

@@ -12,7 +12,7 @@ import torch
 from vlmflow.errors import VlmflowError
 
 if TYPE_CHECKING:
-    from vlmflow.compress.context import CompressedContext
+    from vlmflow.compression.context import CompressedContext
     from vlmflow.models.loading import Handle
 
 FORMAT = "vlmflow-context"
@@ -54,10 +54,23 @@ def save_context(context: CompressedContext, path: Any) -> None:
 
 
 def load_context(path: Any, handle: Handle) -> CompressedContext:
-    """Load a saved context for `handle`; refuse files of other models or other formats."""
+    """Load a context written by `CompressedContext.save` (paper Sec. 5), for `handle`.
+
+    Args:
+        path: the file (safetensors with vlmflow's metadata).
+        handle: the model it was made with; its tensors go to this handle's device.
+
+    Returns:
+        The `CompressedContext`, ready to `ask`; it has no ranking, so `pruned` needs a fresh
+        `compress`.
+
+    Raises:
+        VlmflowError: no such file, an unreadable file, another format version, or a context
+            of another model.
+    """
     from safetensors import safe_open
 
-    from vlmflow.compress.context import CompressedContext
+    from vlmflow.compression.context import CompressedContext
 
     file = Path(path)
     if not file.is_file():

@@ -32,6 +32,7 @@ import torch
 from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.models.loading import Handle, ImageLike
+from vlmflow.models.positions import rope_index
 from vlmflow.roles import Role
 
 RANKINGS = ("sum", "max")
@@ -104,10 +105,21 @@ class CompressedContext:
         return continuation_ids(self.handle, question)
 
     def ask(self, question: str, max_new_tokens: int = 16, stop_at_eos: bool = True) -> Answer:
-        """Greedy answer from the compressed context, without the image: at most
-        `max_new_tokens` tokens (>= 1; VlmflowError otherwise), stopping at the end of turn.
+        """Greedy answer from the compressed context, without the image (paper Sec. 5).
 
-        Raises VlmflowError for a question that spells a special token (`<image>`, ...)."""
+        Args:
+            question: a new user turn after the describe prompt.
+            max_new_tokens: at most this many tokens (>= 1).
+            stop_at_eos: stop at the model's or the tokenizer's end-of-sequence token.
+
+        Returns:
+            An `Answer`: `text` (decoded, stripped), token `ids`, `context_tokens` (cached
+            positions per layer it attended to) of `full_tokens`, and `seconds` taken.
+
+        Raises:
+            VlmflowError: `max_new_tokens` < 1, or a question that spells a special token
+                (`<image>`, ...).
+        """
         from transformers import DynamicCache
 
         if max_new_tokens < 1:
@@ -116,7 +128,7 @@ class CompressedContext:
         model = self.handle.model
         ids = self.question_ids(question).to(self.handle.device)
         cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)))
-        eos = _eos_ids(self.handle)
+        eos = self.handle.eos_ids(tokenizer=True)
         out: list[int] = []
         position = self.next_position.to(self.handle.device)  # (axes, 1)
         with torch.inference_mode():
@@ -143,7 +155,7 @@ class CompressedContext:
         return Answer(text, tuple(out), self.context_tokens, self.full_tokens, seconds)
 
     def save(self, path: Any) -> None:
-        from vlmflow.compress.storage import save_context
+        from vlmflow.compression.storage import save_context
 
         save_context(self, path)
 
@@ -190,15 +202,6 @@ def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
     return ids["input_ids"]  # (1, q)
 
 
-def _eos_ids(handle: Handle) -> set[int]:
-    eos = handle.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    tok = handle.processor.tokenizer
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    return ids
-
-
 def _user_turn(text: str, image: bool = False) -> dict[str, Any]:
     content = [{"type": "image"}] if image else []
     return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
@@ -218,15 +221,10 @@ def _context_text(handle: Handle, prompt: str) -> str:
 
 def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
     """(axes, 1) position of the token after the first `length` prompt positions."""
-    model = handle.model
-    get_rope_index = getattr(getattr(model, "model", model), "get_rope_index", None)
-    if get_rope_index is None:
+    rope = rope_index(handle.model, inputs, length)
+    if rope is None:
         return torch.tensor([[length]])
-    kwargs = {"image_grid_thw": inputs.get("image_grid_thw")}
-    if inputs.get("mm_token_type_ids") is not None:
-        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :length]
-    positions, _ = get_rope_index(inputs["input_ids"][:, :length], **kwargs)  # (3, 1, length)
-    return positions[:, 0, -1:].cpu() + 1  # (3, 1)
+    return rope[0][:, 0, -1:].cpu() + 1  # (3, 1)
 
 
 def compress(
@@ -241,8 +239,25 @@ def compress(
     per layer by the description's attention (`rank`, and a one-token description: module
     docstring, `image_scores`), keep the top `k` fraction of them (rounded to whole tokens).
 
-    Raises VlmflowError for k outside [0, 1], an unknown `rank`, `max_new_tokens` < 1, or not
-    exactly one image.
+    Paper Sec. 5 (efficient visual processing): the kept context is the prompt's prefix
+    (attention sinks), its query tokens and per layer the top-k image tokens.
+
+    Args:
+        handle: the loaded model.
+        image: one image (path, URL, PIL image or array, as `Handle.prepare` takes).
+        k: the fraction of image tokens kept per layer, 0 <= k <= 1 (0.05 keeps 5%).
+        prompt: the describe prompt whose KV cache is compressed.
+        max_new_tokens: length limit of the description that ranks the image tokens.
+        rank: "sum" (attention summed over the generated tokens) or "max".
+
+    Returns:
+        A `CompressedContext`: per layer keys and values (1, h_kv, c, d) of the c kept prompt
+        positions (`kept`), the position id the follow-up continues at, the description;
+        `.ask(question)` answers without the image, `.save(path)` writes it.
+
+    Raises:
+        VlmflowError: k outside [0, 1], an unknown `rank`, `max_new_tokens` < 1, or not
+            exactly one image.
     """
     import vlmflow
 

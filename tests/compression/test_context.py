@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import vlmflow
-from vlmflow.compress import compress, load_context
-from vlmflow.compress.context import continuation_ids
+from vlmflow.compression import compress, load_context
+from vlmflow.compression.context import continuation_ids
 from vlmflow.models.tiny import TINY_FAMILIES
 from vlmflow.roles import Role
 
@@ -195,7 +195,7 @@ def test_one_token_description_ranks_by_the_last_prompt_position(family, tiny_pa
 
 
 def test_equal_scores_keep_the_earlier_image_token():
-    from vlmflow.compress.context import image_scores, top_indices
+    from vlmflow.compression.context import image_scores, top_indices
 
     assert top_indices(torch.tensor([0.1, 0.3, 0.3, 0.0, 0.3]), 2).tolist() == [1, 2]
     rows = torch.tensor([[0.5, 0.1, 0.2], [0.1, 0.4, 0.0], [0.3, 0.1, 0.0]])  # (steps, n_image)
