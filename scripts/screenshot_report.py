@@ -1,6 +1,7 @@
 """Take a PNG screenshot of a `vlmflow report` page in headless Chromium (the README's picture).
 
-    python scripts/screenshot_report.py vlmflow-demo/report.html --out docs/report.png
+    python scripts/screenshot_report.py vlmflow-demo/report.html --out docs/report.png \
+        [--element "#viewer"]
 
 Drives Debian's Chromium through Playwright (no browser download: `apt-get install -y chromium`
 and `pip install playwright`); the page is opened from the file system with every network
@@ -50,8 +51,11 @@ def launch() -> Iterator[Any]:
             browser.close()
 
 
-def screenshot(report: Path, out: Path, width: int = 1280, height: int = 960) -> Path:
-    """Save the top `width` x `height` CSS pixels of `report` (an HTML file) as PNG `out`."""
+def screenshot(
+    report: Path, out: Path, width: int = 1280, height: int = 960, element: str | None = None
+) -> Path:
+    """Save `report` (an HTML file) as PNG `out`: the top `width` x `height` CSS pixels of the
+    page, or with `element` (a CSS selector, e.g. "#viewer") that element alone."""
     if not report.is_file():
         raise FileNotFoundError(f"{report}: build it first with `vlmflow report DIR`")
     with launch() as browser:
@@ -61,7 +65,10 @@ def screenshot(report: Path, out: Path, width: int = 1280, height: int = 960) ->
         page.goto(report.resolve().as_uri(), wait_until="load")
         page.wait_for_function("Array.from(document.images).every(i => i.complete)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out), full_page=False)
+        if element:
+            page.locator(element).screenshot(path=str(out))
+        else:
+            page.screenshot(path=str(out), full_page=False)
         context.close()
     return out
 
@@ -72,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/report.png"))
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=960)
+    parser.add_argument("--element", help="CSS selector of one element to take, e.g. #viewer")
     args = parser.parse_args(argv)
     try:
-        print(screenshot(args.report, args.out, args.width, args.height))
+        print(screenshot(args.report, args.out, args.width, args.height, args.element))
     except (RuntimeError, FileNotFoundError) as err:
         print(f"screenshot_report: error: {err}", file=sys.stderr)
         return 1
