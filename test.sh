@@ -10,4 +10,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check src tests bench scripts
 .venv/bin/mypy
+# the docs site, warnings as errors (CLI and API references are rendered from the code)
+SITE="$(mktemp -d)"; trap 'rm -rf "$SITE"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$SITE"
 .venv/bin/python -m pytest "$@"

@@ -8,42 +8,24 @@ A missing browser or driver fails this test with that message; it is never skipp
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-INSTALL = "apt-get install -y chromium && pip install playwright"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
-    if executable is None:
-        pytest.fail(f"headless Chromium not found at {CHROMIUM}: {INSTALL}", pytrace=False)
+def browser(repo_script: Callable[[str], Any]) -> Iterator[Any]:
+    # Chromium's path and flags have one owner: the README screenshot script
+    stack = ExitStack()
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"the Playwright driver is missing: {INSTALL}", pytrace=False)
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=executable, headless=True, args=ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+        instance = stack.enter_context(repo_script("screenshot_report").launch())
+    except RuntimeError as err:  # no browser or no driver: the message names the install
+        pytest.fail(str(err), pytrace=False)
+    with stack:
+        yield instance
 
 
 def test_report_opens_offline_and_the_viewer_responds(browser: Any, report_path: Path) -> None:
