@@ -64,10 +64,11 @@ def experiment_reference(name: str) -> str:
     """Markdown for one registered experiment: help line, module docstring, options table."""
     import inspect
 
-    from vlmflow.experiments.registry import EXPERIMENTS, create
+    from vlmflow.experiments.registry import create, spec
 
-    target, help_text = EXPERIMENTS[name]
-    module = importlib.import_module(target.partition(":")[0])
+    entry = spec(name)
+    help_text = entry.help
+    module = importlib.import_module(entry.factory.partition(":")[0])
     options = create(name, {}).options  # type: ignore[attr-defined]
     lines = [
         f"`vlmflow run {name}`: {help_text}.",
