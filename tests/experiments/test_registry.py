@@ -70,10 +70,10 @@ def test_unknown_names_and_bad_targets_are_refused() -> None:
         registry.ExperimentSpec("bad", "no_colon_here")
 
 
-def test_listing_experiments_imports_no_torch() -> None:
+def test_listing_experiments_and_image_sources_imports_no_torch() -> None:
     code = (
-        "import sys; from vlmflow.experiments import registry; registry.names(); "
-        "print('torch' in sys.modules)"
+        "import sys; from vlmflow import sources; from vlmflow.experiments import registry; "
+        "registry.names(); sources.parse('scenes:1').images(); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
