@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from vlmflow.defaults import DEFAULT_PROMPT
+
 VISION_DIM = 384
 TEXT_DIM = 576
-CAPTION_PROMPT = "Describe the image."
+CAPTION_PROMPT = DEFAULT_PROMPT  # the instruction the reference descriptions answer
 ANSWERS = {"yes": "Yes.", "no": "No."}
 
 
