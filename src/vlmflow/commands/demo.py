@@ -38,7 +38,15 @@ def run(args: argparse.Namespace) -> int:
 
     import vlmflow
     from vlmflow.scenes import fixed_set
+    from vlmflow.validate import output_folder, torch_device, whole_number
 
+    total = len(fixed_set())
+    whole_number(args.scenes, "--scenes", 1, total)
+    whole_number(args.max_new_tokens, "--max-new-tokens")
+    if not args.no_report:
+        whole_number(args.report_scenes, "--report-scenes", 1, total)
+        output_folder(args.out)
+    torch_device(args.device)
     start = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
     handle = vlmflow.load(args.model, device=args.device)

@@ -200,6 +200,7 @@ class ResultStore:
         self.path = Path(self.path)
         if not self.create and not self.path.is_file():
             raise VlmflowError(f"no results store at {self.path}: give the --out folder of a run")
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s)
@@ -209,6 +210,19 @@ class ResultStore:
             raise VlmflowError(
                 f"{self.path} is not a vlmflow results store ({err}): choose another --out folder"
             ) from None
+        if existed:
+            try:
+                problem = check_integrity(self._conn)
+            except sqlite3.OperationalError as err:
+                self._conn.close()
+                raise _locked_or(err, self.path) from None
+            if problem is not None:
+                self._conn.close()
+                raise VlmflowError(
+                    f"{self.path} is corrupt ({problem}): run `vlmflow run --repair --out "
+                    f"{self.path.parent}` to keep every readable result (the damaged file is "
+                    "kept beside it)"
+                )
 
     @classmethod
     def open(cls, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> ResultStore:
@@ -495,8 +509,45 @@ def _connect(path: Path, exclusive: bool, timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def check_integrity(conn: sqlite3.Connection) -> str | None:
+    """What is wrong with an open store, or None: SQLite's `quick_check` (every page and
+    record well formed, O(size of the file)) plus decoding every result's and failure's JSON.
+
+    Why on every open: a store with garbled pages otherwise resumes with rc 0 and fails later
+    in `report`, or silently counts damaged rows as done.
+    """
+    try:
+        found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            return "; ".join(str(f) for f in found)[:200]
+        for table, columns in (("results", "metrics, payload"), ("failures", "message")):
+            for row in conn.execute(f"SELECT {columns} FROM {table}"):
+                _decode_row(table, row)
+    except (sqlite3.DatabaseError, ValueError) as err:
+        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+            raise
+        return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return None
+
+
+def _decode_row(table: str, row: tuple[Any, ...]) -> None:
+    """Raise ValueError when a stored row's text columns do not decode."""
+    import json
+
+    if table == "results":
+        for text in row:
+            if not isinstance(text, str) or not isinstance(json.loads(text), dict):
+                raise ValueError(f"a stored {table} row does not decode")
+    elif not isinstance(row[0], str):
+        raise ValueError(f"a stored {table} row does not decode")
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    return "locked" in str(err) or "busy" in str(err)
+
+
 def _locked_or(err: sqlite3.OperationalError, path: Path) -> Exception:
-    if "locked" in str(err) or "busy" in str(err):
+    if _is_busy(err):
         return VlmflowError(
             f"{path} is in use by another process: wait for it to finish or choose another --out"
         )
