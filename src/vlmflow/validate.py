@@ -152,7 +152,7 @@ def torch_device(device: Any) -> Any:
 
 
 def torch_dtype(dtype: Any) -> Any:
-    """"auto", a `torch.dtype`, or the name of a floating torch dtype ("bfloat16", ...).
+    """ "auto", a `torch.dtype`, or the name of a floating torch dtype ("bfloat16", ...).
 
     Raises VlmflowError for any other name, before any model loads.
     """
@@ -162,7 +162,5 @@ def torch_dtype(dtype: Any) -> Any:
         return dtype
     value = getattr(torch, str(dtype), None) if isinstance(dtype, str) else None
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise VlmflowError(
-            f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16"
-        )
+        raise VlmflowError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
     return value

@@ -141,7 +141,9 @@ def _fits(value: Any, hint: Any) -> bool:
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(v, args[0]) for v in value)
         if origin is tuple and args:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+            return len(value) == len(args) and all(
+                _fits(v, a) for v, a in zip(value, args, strict=True)
+            )
         return all(_fits(v, args[0]) for v in value) if args else True
     if origin is typing.Literal:
         return value in args
