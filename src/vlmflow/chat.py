@@ -179,6 +179,8 @@ class ChatClient:
         if "error" in outcome:
             raise outcome["error"]
         data = outcome["data"]
+        if not data.strip():  # the connection ended before any body: a transport failure
+            raise ConnectionError("the server closed the connection without a reply body")
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):

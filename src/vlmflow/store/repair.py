@@ -117,13 +117,13 @@ def _readable_rows(conn: sqlite3.Connection, table: str) -> tuple[list[tuple[Any
     Read forwards until the first damaged page, then backwards from the end until that page
     again: one damaged page costs only its own rows.
     """
-    order = ", ".join(_KEYS[table])
     width = len(_KEYS[table])
     found: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     lost = 0
     for direction in ("ASC", "DESC"):
         try:
-            for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order} {direction}"):
+            order = ", ".join(f"{column} {direction}" for column in _KEYS[table])
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
                 key = tuple(row[:width])
                 if key in found:
                     break  # met the rows read the other way: nothing was damaged in between
