@@ -92,10 +92,8 @@ GOOD = json.dumps(
 
 def _http(status: str, body: bytes, length: int | None = None) -> bytes:
     n = len(body) if length is None else length
-    return (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n".encode()
-        + body
-    )
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+    return head.encode() + body
 
 
 @pytest.fixture
