@@ -129,7 +129,10 @@ class TopK:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         opts = as_tuples(dict(options or {}), "k")
         if isinstance(opts.get("k"), tuple):
-            opts["k"] = tuple(float(k) for k in opts["k"])
+            # ints as floats (one run id for 1 and 1.0); anything else is left to the type check
+            opts["k"] = tuple(
+                float(k) if isinstance(k, int) and not isinstance(k, bool) else k for k in opts["k"]
+            )
         self.options = parse_config(TopKConfig, opts, self.name)
         self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)

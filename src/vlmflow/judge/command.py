@@ -56,7 +56,15 @@ def _read_text(value: str) -> str:
         path = Path(value[1:])
         if not path.is_file():
             raise VlmflowError(f"text file {path} not found (drop the @ to pass text inline)")
-        return path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise VlmflowError(f"text file {path} is not UTF-8 text: give a text file") from None
+        except OSError as err:
+            raise VlmflowError(f"cannot read text file {path} ({err.strerror}): check it") from None
+        if "\x00" in text:
+            raise VlmflowError(f"text file {path} holds binary data: give a text file")
+        return text
     return value
 
 
@@ -78,8 +86,9 @@ def _backend(args: argparse.Namespace) -> Any:
     path = Path(args.vocabulary)
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise VlmflowError(f"cannot read vocabulary {path}: {err}") from None
+    except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise VlmflowError(f"cannot read vocabulary {path} ({first}): give a JSON file") from None
     if not isinstance(mapping, dict):
         raise VlmflowError(f"vocabulary {path} must be a JSON object {{name: [synonyms]}}")
     return judge.SceneJudge({str(k): [str(s) for s in v] for k, v in mapping.items()})

@@ -128,7 +128,7 @@ def _print_scene(scene: object, args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """--out / --masks are PNG files vlmflow may write (checked before any rendering)."""
-    from vlmflow.validate import output_file
+    from vlmflow.validate import output_file, torch_device
 
     for flag in ("out", "masks"):
         if getattr(args, flag, None) is not None:
@@ -170,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import vlmflow
     from vlmflow.scenes import evaluate as ev
     from vlmflow.scenes.fixed import fixed_metadata, load_fixed_scene
-    from vlmflow.validate import output_file
+    from vlmflow.validate import output_file, torch_device
 
     total = len(fixed_metadata())
     count = total if args.scenes is None else args.scenes
@@ -187,6 +187,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    torch_device(args.device)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     handle = vlmflow.load(args.model, device=args.device)
     if "untrained" in str(handle.model.name_or_path):

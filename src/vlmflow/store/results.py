@@ -203,26 +203,19 @@ class ResultStore:
         existed = self.path.is_file() and self.path.stat().st_size > 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s)
+            self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s, existed)
+        except StoreCorrupt as err:
+            raise VlmflowError(
+                f"{self.path} is corrupt ({err}): run `vlmflow run --repair --out "
+                f"{self.path.parent}` to keep every readable result (the damaged file is kept "
+                "beside it)"
+            ) from None
         except sqlite3.OperationalError as err:
             raise _locked_or(err, self.path) from None
         except sqlite3.DatabaseError as err:
             raise VlmflowError(
                 f"{self.path} is not a vlmflow results store ({err}): choose another --out folder"
             ) from None
-        if existed:
-            try:
-                problem = check_integrity(self._conn)
-            except sqlite3.OperationalError as err:
-                self._conn.close()
-                raise _locked_or(err, self.path) from None
-            if problem is not None:
-                self._conn.close()
-                raise VlmflowError(
-                    f"{self.path} is corrupt ({problem}): run `vlmflow run --repair --out "
-                    f"{self.path.parent}` to keep every readable result (the damaged file is "
-                    "kept beside it)"
-                )
 
     @classmethod
     def open(cls, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> ResultStore:
@@ -489,7 +482,13 @@ class ResultStore:
             )
 
 
-def _connect(path: Path, exclusive: bool, timeout: float) -> sqlite3.Connection:
+class StoreCorrupt(Exception):
+    """`check_integrity` found damage (the message says what)."""
+
+
+def _connect(path: Path, exclusive: bool, timeout: float, check: bool) -> sqlite3.Connection:
+    """Open `path` in WAL mode with the schema in place; with `check`, refuse a damaged file
+    (StoreCorrupt) before anything is written to it."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     if exclusive:
         # Before WAL is switched on: the WAL index then lives in process memory (no -shm file).
@@ -504,6 +503,15 @@ def _connect(path: Path, exclusive: bool, timeout: float) -> sqlite3.Connection:
         raise VlmflowError(
             f"{path} was written by a newer vlmflow (schema {version}): upgrade vlmflow"
         )
+    if check:
+        try:
+            problem = check_integrity(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if problem is not None:
+            conn.close()
+            raise StoreCorrupt(problem)
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn
@@ -520,7 +528,10 @@ def check_integrity(conn: sqlite3.Connection) -> str | None:
         found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
         if found != ["ok"]:
             return "; ".join(str(f) for f in found)[:200]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for table, columns in (("results", "metrics, payload"), ("failures", "message")):
+            if table not in tables:
+                continue
             for row in conn.execute(f"SELECT {columns} FROM {table}"):
                 _decode_row(table, row)
     except (sqlite3.DatabaseError, ValueError) as err:
