@@ -220,6 +220,8 @@ RUN_MODEL = ["run", "fractions", "--images", "scenes:2", "--model", "{tiny}", "-
 RUN_MODEL.append("{root}/fresh/model")
 KNOCKOUT = ["describe", "{good}", "--model", "{tiny}", "--knockout", "image-query"]
 LLM = ["judge", "a dog", "a cat", "--backend", "llm", "--no-cache"]
+SCENE_JUDGE = ["judge", "a", "b", "--backend", "scene", "--vocabulary"]
+SCENE_JUDGE.append("{configs}/unknown-section.json")
 
 CLI: dict[str, tuple[list[str], str]] = {
     # general
@@ -421,8 +423,7 @@ CLI: dict[str, tuple[list[str], str]] = {
         "JSON object",
     ),
     "judge cache not sqlite": (
-        ["judge", "a", "b", "--backend", "scene", "--vocabulary", "{configs}/unknown-section.json"]
-        + ["--cache", "{root}/judge-cache.sqlite3"],
+        [*SCENE_JUDGE, "--cache", "{root}/judge-cache.sqlite3"],
         "--no-cache",
     ),
     "judge cache folder": (["judge", "a", "b", "--cache", "{root}"], "is a folder"),

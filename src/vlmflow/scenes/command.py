@@ -128,7 +128,7 @@ def _print_scene(scene: object, args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """--out / --masks are PNG files vlmflow may write (checked before any rendering)."""
-    from vlmflow.validate import output_file, torch_device
+    from vlmflow.validate import output_file
 
     for flag in ("out", "masks"):
         if getattr(args, flag, None) is not None:
