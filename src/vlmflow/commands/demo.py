@@ -96,7 +96,8 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
     from vlmflow.experiments import ImageSource, Runner, create
     from vlmflow.experiments.registry import bind_model
     from vlmflow.report import build_report
-    from vlmflow.store import ResultStore
+    from vlmflow.store import ResultStore, store_path
+    from vlmflow.store.lock import run_lock
 
     tokens = min(args.max_new_tokens, 32)
     last = handle.num_layers - 1
@@ -112,7 +113,7 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
     experiments = [create(name, opts) for name, opts in options.items()]
     bind_model(experiments, handle.num_layers)
     print(f"\nrunning the paper's analyses on {args.report_scenes} scenes into {args.out}/ ...")
-    with ResultStore.open(args.out) as store:
+    with run_lock(store_path(args.out)), ResultStore.open(args.out) as store:
         Runner(
             experiments,
             ImageSource.parse(f"scenes:{args.report_scenes}"),
