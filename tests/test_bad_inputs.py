@@ -469,6 +469,17 @@ CLI: dict[str, tuple[list[str], str]] = {
 }
 
 
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+if _no_cuda():  # plain `--device cuda` is a bad input only where there is no CUDA
+    CLI["describe cuda without a gpu"] = ([*DESCRIBE, "--device", "cuda"], "--device cpu")
+    CLI["run cuda without a gpu"] = ([*RUN_MODEL, "--device", "cuda"], "--device cpu")
+
+
 def _fill(argv: list[str], world: dict[str, str]) -> list[str]:
     return [a.format(**world) if "{" in a and a != LONG_PROMPT else a for a in argv]
 

@@ -194,3 +194,24 @@ def test_replaced_weights_are_a_new_run(tiny_path, tmp_path: Path) -> None:  # t
         RunSpec("fractions", key, "scenes:2").run_id
         != RunSpec("fractions", _model_key(str(folder)), "scenes:2").run_id
     )
+
+
+def test_rerun_after_replacing_weights_is_not_already_done(
+    tiny_path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from vlmflow.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_path("llava"), folder)
+    config = tmp_path / "short.json"
+    config.write_text('{"fractions": {"max_new_tokens": 2}}')
+    argv = ["run", "fractions", "--images", "scenes:1", "--model", str(folder), "--no-progress"]
+    argv += ["--out", str(tmp_path / "out"), "--config", str(config)]
+    assert main(argv) == 0 and "1 done, 0 failed, 0 already done" in capsys.readouterr().out
+    assert main(argv) == 0 and "0 done, 0 failed, 1 already done" in capsys.readouterr().out
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # rewritten: a new modification time
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(argv) == 0 and "1 done, 0 failed, 0 already done" in capsys.readouterr().out
