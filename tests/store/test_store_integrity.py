@@ -215,3 +215,26 @@ def test_rerun_after_replacing_weights_is_not_already_done(
     weights.write_bytes(weights.read_bytes())  # rewritten: a new modification time
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert main(argv) == 0 and "1 done, 0 failed, 0 already done" in capsys.readouterr().out
+
+
+def test_export_replaces_an_existing_file_only_with_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmflow.cli import main
+
+    table = tmp_path / "table.csv"
+    table.write_text("user's data\n")
+    argv = ["run", "check", "--images", "scenes:1", "--out", str(tmp_path / "out")]
+    argv += ["--no-progress", "--export", str(table)]
+    assert main(argv) == 1 and "--force" in capsys.readouterr().err
+    assert table.read_text() == "user's data\n"
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert main([*argv, "--force"]) == 0
+    import csv
+
+    from vlmflow.store.export import BASE_COLUMNS
+
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[: len(BASE_COLUMNS)] == list(BASE_COLUMNS)
+    assert [r["experiment"] for r in rows] == ["check"]

@@ -52,9 +52,19 @@ class Handle:
 
     @property
     def max_positions(self) -> int | None:
-        """The language model's position limit (`max_position_embeddings`), None if unstated."""
-        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        return int(value) if isinstance(value, int) and value > 0 else None
+        """The language model's position limit: `max_position_embeddings`, times the factor of
+        a scaled rotary embedding (linear, dynamic, YaRN, ...); None if unstated."""
+        text = self.model.config.get_text_config()
+        value = getattr(text, "max_position_embeddings", None)
+        if not isinstance(value, int) or value <= 0:
+            return None
+        rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+        if isinstance(rope, dict):
+            kind = rope.get("rope_type") or rope.get("type")
+            factor = rope.get("factor")
+            if kind not in (None, "default", "mrope") and isinstance(factor, int | float):
+                return int(value * max(1.0, float(factor)))
+        return value
 
     def check_length(self, tokens: int, new_tokens: int = 0) -> None:
         """Refuse a sequence of `tokens` prompt tokens plus `new_tokens` past the model's
