@@ -244,7 +244,7 @@ def _repair(out: Path) -> int:
 
 
 def _check_model_args(args: argparse.Namespace) -> None:
-    """Device and dtype exist here, a local checkpoint folder is one: before any work."""
+    """The device exists on this machine and the dtype is known: checked before any work."""
     from vlmflow.validate import torch_device, torch_dtype
 
     if args.device_map is None:
