@@ -241,7 +241,7 @@ CLI: dict[str, tuple[list[str], str]] = {
     "describe max-new-tokens text": ([*DESCRIBE, "--max-new-tokens", "ten"], "invalid int"),
     "describe bad layer spec": ([*KNOCKOUT, "--layers", "middle"], "from:L"),
     "describe layer out of range": ([*KNOCKOUT, "--layers", "from:99"], "layers 0-"),
-    "describe except all layers": ([*KNOCKOUT, "--layers", "except:0-3"], "no layer"),
+    "describe except all layers": ([*KNOCKOUT, "--layers", "except:0-3"], "zero of"),
     "describe reversed range": ([*KNOCKOUT, "--layers", "only:3-1"], "after end"),
     "describe negative layer": ([*KNOCKOUT, "--layers", "from:-1"], "from:L"),
     "describe unknown knockout": ([*DESCRIBE, "--knockout", "image-sky"], "invalid choice"),
@@ -588,7 +588,7 @@ def _api_cases() -> dict[str, tuple[Callable[[dict[str, str], Any], Any], str]]:
         "layers bad spec": (lambda w, h: vlmflow.Layers.parse("middle"), "from:L"),
         "layers except everything": (
             lambda w, h: vlmflow.Layers.parse("except:0-3").resolve(4),
-            "no layer",
+            "zero of",
         ),
         "layers past the end": (lambda w, h: vlmflow.Layers.parse("from:9").resolve(4), "0-3"),
         "layers reversed": (lambda w, h: vlmflow.Layers.parse("only:3-1").resolve(4), "after"),

@@ -50,8 +50,8 @@ class Layers:
         chosen = frozenset(range(num_layers)) - frozenset(range(a, b + 1))
         if not chosen:
             raise VlmflowError(
-                f"layer spec {self.spec!r} leaves no layer of this model's 0-{last}: narrow "
-                "the excepted range"
+                f"layer spec {self.spec!r} selects zero of this model's {num_layers} layers: "
+                "choose a window that leaves at least one layer outside it"
             )
         return chosen
 
