@@ -205,3 +205,20 @@ def test_equal_scores_keep_the_earlier_image_token():
         torch.testing.assert_close(image_scores(rows[:1], rank), rows[0])
     with pytest.raises(vlmflow.VlmflowError, match="max_new_tokens"):
         image_scores(rows[:0], "sum")
+
+
+def test_flipped_bytes_in_a_saved_context_are_refused(tiny_path, photo, tmp_path):
+    llava = vlmflow.load(str(tiny_path("llava")))
+    path = tmp_path / "context.safetensors"
+    compress(llava, photo, k=0.25, max_new_tokens=4).save(path)
+    data = path.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    for at in (header + 5, len(data) - 3):  # inside the first and the last tensor's bytes
+        flipped = bytearray(data)
+        flipped[at] ^= 0x10
+        damaged = tmp_path / f"damaged-{at}.safetensors"
+        damaged.write_bytes(bytes(flipped))
+        with pytest.raises(vlmflow.VlmflowError) as err:
+            load_context(damaged, llava)
+        assert "checksum" in str(err.value) and "\n" not in str(err.value)
+    assert load_context(path, llava).kept  # the intact file still loads

@@ -47,7 +47,13 @@ class Layers:
             return frozenset(range(a, b + 1))
         a, b = int(m.group(5)), int(m.group(6))
         self._check(a, b, last)
-        return frozenset(range(num_layers)) - frozenset(range(a, b + 1))
+        chosen = frozenset(range(num_layers)) - frozenset(range(a, b + 1))
+        if not chosen:
+            raise VlmflowError(
+                f"layer spec {self.spec!r} selects zero of this model's {num_layers} layers: "
+                "choose a window that leaves at least one layer outside it"
+            )
+        return chosen
 
     def _check(self, a: int, b: int, last: int) -> None:
         if a > b:

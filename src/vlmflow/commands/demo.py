@@ -40,7 +40,15 @@ def run(args: argparse.Namespace) -> int:
 
     import vlmflow
     from vlmflow.scenes import fixed_set
+    from vlmflow.validate import output_folder, torch_device, whole_number
 
+    total = len(fixed_set())
+    whole_number(args.scenes, "--scenes", 1, total)
+    whole_number(args.max_new_tokens, "--max-new-tokens")
+    if not args.no_report:
+        whole_number(args.report_scenes, "--report-scenes", 1, total)
+        output_folder(args.out)
+    torch_device(args.device)
     start = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
     handle = vlmflow.load(args.model, device=args.device)
@@ -90,7 +98,8 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
     from vlmflow.experiments import ImageSource, Runner, create
     from vlmflow.experiments.registry import bind_model
     from vlmflow.report import build_report
-    from vlmflow.store import ResultStore
+    from vlmflow.store import ResultStore, store_path
+    from vlmflow.store.lock import run_lock
 
     tokens = min(args.max_new_tokens, 32)
     last = handle.num_layers - 1
@@ -106,7 +115,7 @@ def _experiments(handle: Any, args: argparse.Namespace) -> Any:
     experiments = [create(name, opts) for name, opts in options.items()]
     bind_model(experiments, handle.num_layers)
     print(f"\nrunning the paper's analyses on {args.report_scenes} scenes into {args.out}/ ...")
-    with ResultStore.open(args.out) as store:
+    with run_lock(store_path(args.out)), ResultStore.open(args.out) as store:
         Runner(
             experiments,
             ImageSource.parse(f"scenes:{args.report_scenes}"),

@@ -28,9 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import vlmflow
     from vlmflow.attention.layers import Layers
     from vlmflow.errors import VlmflowError
+    from vlmflow.images import read_image
+    from vlmflow.validate import whole_number
 
-    if args.max_new_tokens < 1:
-        raise VlmflowError("--max-new-tokens must be at least 1")
+    whole_number(args.max_new_tokens, "--max-new-tokens")
+    read_image(args.image)  # a missing or damaged image fails before the model loads
     layers = Layers.parse(args.layers)
     if args.knockout and args.attn.startswith("flash"):
         raise VlmflowError(

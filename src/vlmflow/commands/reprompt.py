@@ -32,7 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import vlmflow
     from vlmflow.compression import compress, load_context
+    from vlmflow.errors import VlmflowError
+    from vlmflow.images import read_image
+    from vlmflow.validate import input_file, output_file, whole_number
 
+    whole_number(args.max_new_tokens, "--max-new-tokens")
+    if not 0 < args.k <= 1:
+        raise VlmflowError(f"--k {args.k}: give the fraction of image tokens kept, in (0, 1]")
+    if args.context:
+        input_file(args.context, "--context", "saved context file")
+    else:
+        read_image(args.image)  # a missing or damaged image fails before the model loads
+    if args.save:
+        output_file(args.save, "--save")
     handle = vlmflow.load(args.model, device=args.device)
     start = time.perf_counter()
     if args.context:

@@ -1,4 +1,8 @@
-"""Saving and loading compressed contexts: one safetensors file, versioned, tied to its model."""
+"""Saving and loading compressed contexts: one safetensors file, versioned, tied to its model.
+
+The file carries a SHA-256 checksum of its metadata and tensor bytes (metadata `checksum`),
+verified on load: flipped bytes in the tensor data would otherwise load and answer garbage.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ if TYPE_CHECKING:
     from vlmflow.models.loading import Handle
 
 FORMAT = "vlmflow-context"
-VERSION = 1
+VERSION = 2  # 2: with a checksum
 
 
 def fingerprint(handle: Handle) -> str:
@@ -25,6 +29,19 @@ def fingerprint(handle: Handle) -> str:
     weights = handle.model.get_input_embeddings().weight
     sample = weights.detach().flatten()[:4096].float().cpu().numpy().tobytes()
     return hashlib.sha256(config.encode() + sample).hexdigest()[:32]
+
+
+def checksum(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of the metadata but `checksum` and of every tensor's name, dtype, shape
+    and bytes, in name order."""
+    digest = hashlib.sha256()
+    fields = {k: v for k, v in meta.items() if k != "checksum"}
+    digest.update(json.dumps(fields, sort_keys=True).encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_context(context: CompressedContext, path: Any) -> None:
@@ -47,6 +64,7 @@ def save_context(context: CompressedContext, path: Any) -> None:
         "context_text": context.context_text,
         "description": context.description,
     }
+    meta["checksum"] = checksum(meta, tensors)
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -89,6 +107,11 @@ def load_context(path: Any, handle: Handle) -> CompressedContext:
         raise VlmflowError(
             f"{file} has context format {meta.get('version')}, this vlmflow reads {VERSION}:"
             " compress the image again"
+        )
+    if meta.get("checksum") != checksum(meta, tensors):
+        raise VlmflowError(
+            f"{file} is damaged (its checksum does not match its contents): save the context "
+            "again or compress the image again"
         )
     if meta.get("model") != fingerprint(handle):
         raise VlmflowError(

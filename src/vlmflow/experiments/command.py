@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retry-failed", action="store_true", help="run failed items again")
     parser.add_argument("--export", metavar="FILE", help="write a .csv or .parquet table after")
+    parser.add_argument("--force", action="store_true", help="let --export replace a file")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged OUT/results.sqlite3 from its readable rows and exit",
+    )
     parser.add_argument("--merge", action="store_true", help="merge per-rank stores and exit")
     parser.add_argument("--partial", action="store_true", help="with --merge: allow unfinished")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,14 +93,18 @@ def run(args: argparse.Namespace) -> int:
     from vlmflow.experiments import distributed, registry
     from vlmflow.sources import ImageSource
     from vlmflow.store import merge
+    from vlmflow.validate import output_file, output_folder, positive_seconds
 
     if args.list:
         for name in registry.names():
             print(f"{name:16s} {registry.EXPERIMENTS[name].help}")
         return 0
-    out = Path(args.out)
-    if args.export and Path(args.export).suffix not in (".csv", ".parquet"):
-        raise VlmflowError(f"--export {args.export}: name a .csv or .parquet file")
+    out = output_folder(args.out)
+    if args.repair:
+        return _repair(out)
+    if args.export:
+        output_file(args.export, "--export", args.force or False, (".csv", ".parquet"))
+    positive_seconds(args.rank_timeout, "--rank-timeout")
     launch = distributed.detect(args.rank, args.world_size, args.device)
     if args.merge:
         if launch.coordinated and launch.rank != 0:
@@ -110,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
         raise VlmflowError("name at least one experiment: vlmflow run --list shows them")
     options = _read_config(args.config, args.experiments)
     experiments = [registry.create(name, options.get(name)) for name in args.experiments]
-    registry.bind_model(experiments, args.model)
     source = ImageSource.parse(args.images)
+    if any(e.needs_model for e in experiments):
+        _check_model_args(args)
+    registry.bind_model(experiments, args.model)
     if not launch.coordinated:
         return _run_shard(args, launch, experiments, source, out)
     _assemble_default_model(args.model)
@@ -148,7 +160,8 @@ def _run_shard(
 ) -> int:
     """Run this process's shard into its store; 0, or 128 + signal when stopped by one."""
     from vlmflow.experiments.runner import Runner
-    from vlmflow.store import ResultStore, merge, rank_files
+    from vlmflow.store import ResultStore, merge, rank_files, store_path
+    from vlmflow.store.lock import run_lock
 
     shard = launch.shard
 
@@ -164,7 +177,10 @@ def _run_shard(
         # and results.sqlite3 ends up complete.
         report = merge(out, partial=True)
         print(f"merged per-rank stores {list(report.ranks)} into {report.path} first")
-    with ResultStore.open(out, shard.rank, shard.world_size) as store:
+    with (
+        run_lock(store_path(out, shard.rank, shard.world_size)),
+        ResultStore.open(out, shard.rank, shard.world_size) as store,
+    ):
         runner = Runner(
             experiments,
             source,
@@ -213,6 +229,32 @@ def _export(args: argparse.Namespace, out: Path) -> None:
     print(f"wrote {n} rows to {target}")
 
 
+def _repair(out: Path) -> int:
+    """`--repair`: rebuild each damaged store file of `out` from its readable rows."""
+    from vlmflow.errors import VlmflowError
+    from vlmflow.store import MAIN_FILE, rank_files
+    from vlmflow.store.lock import run_lock
+    from vlmflow.store.repair import repair
+
+    files = [out / MAIN_FILE] if (out / MAIN_FILE).is_file() else []
+    files += list(rank_files(out).values())
+    if not files:
+        raise VlmflowError(f"no results store in {out}: give the --out folder of a run")
+    for file in files:
+        with run_lock(file):
+            print(repair(file).summary())
+    return 0
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The device exists on this machine and the dtype is known: checked before any work."""
+    from vlmflow.validate import torch_device, torch_dtype
+
+    if args.device_map is None:
+        torch_device(args.device)
+    torch_dtype(args.dtype)
+
+
 def _assemble_default_model(model: str) -> None:
     """Assemble the default model (once, on first use) before the process group starts:
     transformers saves nothing on ranks other than 0 once torch.distributed is up. Every rank
@@ -230,7 +272,11 @@ def _model_key(model: str) -> str:
         from vlmflow.default_model.weights import WEIGHTS_FILE, load_weights
 
         return f"{DEFAULT_MODEL}@{load_weights(WEIGHTS_FILE).version}"
+    from vlmflow.store.runs import checkpoint_digest
+
     path = Path(model).expanduser()
+    if path.is_dir():
+        return f"{path.resolve()}@{checkpoint_digest(path)}"
     return str(path.resolve()) if path.exists() else model
 
 
@@ -238,12 +284,11 @@ def _read_config(path: str | None, chosen: list[str]) -> dict[str, dict[str, Any
     """{experiment: options} from a JSON or TOML file; unknown sections are typos, so refused."""
     from vlmflow.errors import VlmflowError
     from vlmflow.experiments.registry import names
+    from vlmflow.validate import input_file
 
     if path is None:
         return {}
-    file = Path(path)
-    if not file.exists():
-        raise VlmflowError(f"config file not found: {file}: give a .json or .toml file")
+    file = input_file(path, "--config", "JSON or TOML file")
     try:
         if file.suffix == ".toml":
             import tomllib
@@ -251,8 +296,9 @@ def _read_config(path: str | None, chosen: list[str]) -> dict[str, dict[str, Any
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         else:
             data = json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as err:  # JSONDecodeError and TOMLDecodeError
-        raise VlmflowError(f"cannot parse {file}: {err}") from None
+    except ValueError as err:  # JSONDecodeError, TOMLDecodeError and UnicodeDecodeError
+        first = str(err).splitlines()[0][:200]
+        raise VlmflowError(f"cannot parse {file} ({first}): fix the file's syntax") from None
     if not isinstance(data, dict):
         raise VlmflowError(f"{file} must hold one table of options per experiment name")
     for name, section in data.items():

@@ -366,14 +366,9 @@ class KnockoutSweep:
 
 
 def resolve_knockout(name: str, spec: str, num_layers: int) -> tuple[Knockout, frozenset[int]]:
-    """The knockout of a setting and its layers on this model; zero layers is refused."""
+    """The knockout of a setting and its layers on this model; zero layers is refused (by
+    `Layers.resolve`)."""
     from vlmflow.attention.knockout import Knockout
 
     knockout = Knockout.parse(name, spec)
-    layers = knockout.layers.resolve(num_layers)
-    if not layers:
-        raise VlmflowError(
-            f"{name}@{spec} knocks out zero of this model's {num_layers} layers: "
-            "choose a window that leaves at least one layer outside it"
-        )
-    return knockout, layers
+    return knockout, knockout.layers.resolve(num_layers)

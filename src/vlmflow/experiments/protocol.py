@@ -8,6 +8,8 @@ paper resume after a kill and shard over GPUs without code of its own for either
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,6 +84,10 @@ class Experiment(Protocol):
 C = TypeVar("C")
 T = TypeVar("T")
 
+# Options that count something (tokens, a stride, a batch): 0 or less would do nothing or fail
+# late, so they are refused with the type check.
+COUNT_OPTIONS = frozenset({"max_new_tokens", "answer_tokens", "step", "batch", "size"})
+
 
 def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experiment: str) -> C:
     """A config dataclass from a mapping, with a one-line error for unknown or bad options."""
@@ -93,6 +99,19 @@ def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experi
             f"unknown option(s) {', '.join(unknown)} for experiment {experiment}: "
             f"known options are {', '.join(sorted(known)) or 'none'}"
         )
+    hints = typing.get_type_hints(config_type)
+    for name, value in options.items():
+        if not _fits(value, hints.get(name, Any)):
+            shown = getattr(hints.get(name), "__name__", None) or str(hints.get(name))
+            raise VlmflowError(
+                f"option {name} = {value!r} of experiment {experiment} must be of type "
+                f"{shown.replace('typing.', '')}: fix it in the config file"
+            )
+        if name in COUNT_OPTIONS and isinstance(value, int) and value < 1:
+            raise VlmflowError(
+                f"option {name} = {value} of experiment {experiment} must be at least 1: fix it "
+                "in the config file"
+            )
     try:
         return config_type(**options)
     except (TypeError, ValueError) as err:
@@ -143,3 +162,36 @@ class ItemMemo:
 
     def put(self, handle: Any, item: WorkItem, key: Any, value: Any) -> None:
         self.get(handle, item, key, lambda: value)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value has the declared type; booleans are not numbers, 1.5 is no int,
+    an int is a float. Lists stand for tuples (JSON and TOML have no tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, tuple | list):
+            return False
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        if origin is tuple and args:
+            return len(value) == len(args) and all(
+                _fits(v, a) for v, a in zip(value, args, strict=True)
+            )
+        return all(_fits(v, args[0]) for v in value) if args else True
+    if origin is typing.Literal:
+        return value in args
+    return True  # a type this check does not know: the dataclass itself decides

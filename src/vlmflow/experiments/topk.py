@@ -6,7 +6,7 @@ received from the baseline's generated tokens (capture steps >= 1, whose queries
 positions; step 0's query is the last prompt position and is left out), summed over steps and
 averaged over heads; a one-token baseline has no generated query, and the last prompt
 position's attention ranks them. Scores and ties are `vlmflow.compress`'s ranking
-(`compress.context.image_scores` with "sum", `top_indices`): equal scores keep the earlier
+(`compression.context.image_scores` with "sum", `top_indices`): equal scores keep the earlier
 image position. The description is then generated again with generated-token queries
 blocked from every image position outside that layer's top `round(k * n)`, and judged against
 the baseline.
@@ -133,7 +133,10 @@ class TopK:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         opts = as_tuples(dict(options or {}), "k")
         if isinstance(opts.get("k"), tuple):
-            opts["k"] = tuple(float(k) for k in opts["k"])
+            # ints as floats (one run id for 1 and 1.0); anything else is left to the type check
+            opts["k"] = tuple(
+                float(k) if isinstance(k, int) and not isinstance(k, bool) else k for k in opts["k"]
+            )
         self.options = parse_config(TopKConfig, opts, self.name)
         self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)

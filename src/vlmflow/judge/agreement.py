@@ -121,8 +121,12 @@ def load_labels(path: str | Path, split: str | None = None) -> list[Decision]:
     path = Path(path)
     if not path.is_file():
         raise VlmflowError(f"label file {path} not found: pass a JSON-lines file of decisions")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise VlmflowError(f"label file {path} is not UTF-8 text: give a JSON-lines file") from None
     decisions: list[Decision] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -109,8 +109,9 @@ def _scene_from_args(args: argparse.Namespace) -> Backend:
     path = Path(args.vocabulary)
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise VlmflowError(f"cannot read vocabulary {path}: {err}") from None
+    except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise VlmflowError(f"cannot read vocabulary {path} ({first}): give a JSON file") from None
     if not isinstance(mapping, dict):
         raise VlmflowError(f"vocabulary {path} must be a JSON object {{name: [synonyms]}}")
     return _scene({str(k): [str(s) for s in v] for k, v in mapping.items()})

@@ -58,14 +58,25 @@ class JudgeCache:
     """Answers by key; safe to share between threads of one process and between processes."""
 
     def __init__(self, path: str | Path | None = None) -> None:
+        from vlmflow.errors import VlmflowError
+        from vlmflow.validate import output_file
+
         self.path = Path(path) if path is not None else default_path()
+        output_file(self.path, "judge cache", missing_parent_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._db.commit()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise VlmflowError(
+                f"judge cache {self.path} is not a usable SQLite cache ({err}): give another "
+                "--cache file, or --no-cache"
+            ) from None
 
     def get(
         self, kind: str, backend: str, model: str, prompt_version: str, payload: Any

@@ -53,7 +53,15 @@ def _read_text(value: str) -> str:
         path = Path(value[1:])
         if not path.is_file():
             raise VlmflowError(f"text file {path} not found (drop the @ to pass text inline)")
-        return path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise VlmflowError(f"text file {path} is not UTF-8 text: give a text file") from None
+        except OSError as err:
+            raise VlmflowError(f"cannot read text file {path} ({err.strerror}): check it") from None
+        if "\x00" in text:
+            raise VlmflowError(f"text file {path} holds binary data: give a text file")
+        return text
     return value
 
 

@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vlmflow.chat import OPENAI_BASE_URL, ChatClient, ChatReplyError, ChatSettings, Fixes
+from vlmflow.chat import (
+    OPENAI_BASE_URL,
+    RAW_LIMIT,
+    ChatClient,
+    ChatReplyError,
+    ChatSettings,
+    Fixes,
+    scrub,
+)
 from vlmflow.errors import VlmflowError
 from vlmflow.judge import prompts
 from vlmflow.judge.protocol import Backend, JudgeReplyError, Match, Verdict
@@ -81,13 +89,24 @@ class LlmJudge(Backend):
 
     def compare(self, reference: str, candidate: str) -> Verdict:
         raw = self.chat(prompts.compare_messages(reference, candidate))
-        return parse_verdict(raw, self)
+        try:
+            return parse_verdict(raw, self)
+        except JudgeReplyError as err:
+            raise self._scrubbed(err) from None
 
     def mentions(self, text: str, objects: Sequence[str]) -> tuple[bool, ...]:
         if not objects:
             return ()
         raw = self.chat(prompts.mentions_messages(text, objects))
-        return parse_mentions(raw, objects)
+        try:
+            return parse_mentions(raw, objects)
+        except JudgeReplyError as err:
+            raise self._scrubbed(err) from None
+
+    def _scrubbed(self, err: JudgeReplyError) -> JudgeReplyError:
+        """The error as it may be stored (failures table, report): no credentials in it."""
+        key = self.settings.api_key
+        return JudgeReplyError(scrub(str(err), key), scrub(err.raw, key, RAW_LIMIT))
 
     # ------------------------------------------------------------------ transport
 
@@ -96,7 +115,7 @@ class LlmJudge(Backend):
         try:
             self.last_raw = self._client.chat(messages)
         except ChatReplyError as err:
-            raise JudgeReplyError(str(err), err.raw) from None
+            raise JudgeReplyError(str(err), err.raw) from None  # already scrubbed
         return self.last_raw
 
 

@@ -50,6 +50,38 @@ class Handle:
         return int(self.model.config.get_text_config().num_hidden_layers)
 
     @property
+    def max_positions(self) -> int | None:
+        """The language model's position limit: `max_position_embeddings`, times the factor of
+        a scaled rotary embedding (linear, dynamic, YaRN, ...); None if unstated."""
+        text = self.model.config.get_text_config()
+        value = getattr(text, "max_position_embeddings", None)
+        if not isinstance(value, int) or value <= 0:
+            return None
+        rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+        if isinstance(rope, dict):
+            kind = rope.get("rope_type") or rope.get("type")
+            factor = rope.get("factor")
+            if kind not in (None, "default", "mrope") and isinstance(factor, int | float):
+                return int(value * max(1.0, float(factor)))
+        return value
+
+    def check_length(self, tokens: int, new_tokens: int = 0) -> None:
+        """Refuse a sequence of `tokens` prompt tokens plus `new_tokens` past the model's
+        positions (positions beyond it give empty or garbled text): raises VlmflowError."""
+        limit = self.max_positions
+        if limit is None or tokens + new_tokens <= limit:
+            return
+        if tokens >= limit:
+            raise VlmflowError(
+                f"the prompt is {tokens} tokens, past this model's {limit} positions: shorten "
+                "the text or use smaller / fewer images"
+            )
+        raise VlmflowError(
+            f"{tokens} prompt tokens + {new_tokens} new tokens exceed this model's {limit} "
+            f"positions: set max_new_tokens to at most {limit - tokens}"
+        )
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -112,6 +144,7 @@ class Handle:
                 f"the {self.family} processor refuses this input ({first}): crop, pad or resize "
                 "the image to a shape this model accepts"
             ) from None
+        self.check_length(int(inputs["input_ids"].shape[1]))
         image_inputs = _image_inputs(inputs, per_row)
         layout = self.roles.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs)
         dtype = self.model.dtype
@@ -170,6 +203,8 @@ class Handle:
         if new is not None and int(new) < 1:
             raise VlmflowError(f"max_new_tokens={new}: generate at least 1 new token")
         n = prompt.layout.length
+        if new is not None:
+            self.check_length(n, int(new))
         with torch.inference_mode():
             out = self.model.generate(**prompt.inputs, **settings)
         if isinstance(out, torch.Tensor):
@@ -234,7 +269,16 @@ def _model_type(path: str) -> str:
         config = folder / "config.json"
         if not config.is_file():
             raise VlmflowError(f"{path} has no config.json: point --model at a checkpoint folder")
-        return str(json.loads(config.read_text()).get("model_type", ""))
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise VlmflowError(
+                f"{config} is not valid JSON ({type(err).__name__}): restore the checkpoint's "
+                "config.json"
+            ) from None
+        if not isinstance(data, dict):
+            raise VlmflowError(f"{config} must hold a JSON object: restore the checkpoint's file")
+        return str(data.get("model_type", ""))
     try:
         from transformers import AutoConfig
 
@@ -282,9 +326,13 @@ def load(
     """
     from transformers import AutoModelForImageTextToText
 
+    from vlmflow import validate
     from vlmflow.attention import backend
     from vlmflow.models.processors import load_processor
 
+    if device_map is None:
+        validate.torch_device(device)  # a device this machine lacks fails before weights load
+    dtype = validate.torch_dtype(dtype)
     name = str(path_or_id)
     if name == DEFAULT_MODEL:
         name = str(_default_checkpoint())
@@ -311,7 +359,14 @@ def load(
             " install that kernel or use attn='sdpa'"
         ) from None
     except (OSError, ValueError) as err:
-        raise VlmflowError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise VlmflowError(f"cannot load model {name!r}: {first}") from None
+    except Exception as err:  # a truncated or garbled weights file (safetensors' own errors)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise VlmflowError(
+            f"cannot read the weights of {name!r} ({type(err).__name__}: {first}): the "
+            "checkpoint is damaged; save or copy it again"
+        ) from None
     if device_map is None:
         model = model.to(torch.device(device))  # type: ignore[arg-type]
     model = model.eval()

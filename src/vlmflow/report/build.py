@@ -48,8 +48,9 @@ def build_report(out_dir: str | Path) -> Path:
     """Write `out_dir/report.html` (and `out_dir/figures/*.png`) from `out_dir/results.sqlite3`.
 
     One section per experiment in the store, one figure set per run of it; failed items are
-    listed, never plotted. The `figures` folder belongs to the report: PNGs there that this
-    build did not write (from runs since removed) are deleted. Returns the report's path.
+    listed, never plotted. Figures an earlier build wrote (its manifest) and this one did not
+    (runs since removed) are deleted; other files in `figures` are never touched. Returns the
+    report's path.
 
     Args:
         out_dir: the folder a `vlmflow run --out` wrote (holding `results.sqlite3`).

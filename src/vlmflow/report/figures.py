@@ -69,12 +69,17 @@ class Stat:
         return cls(float(data.mean()), sem, int(data.size))
 
 
+# The report's own list of the figures it wrote, so a rebuild deletes only those.
+MANIFEST = ".vlmflow-figures.json"
+
+
 class Figures:
     """Saves figures into `out_dir/figures` and returns the HTML that shows each one."""
 
     def __init__(self, out_dir: Path) -> None:
         self.folder = out_dir / FIGURES
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.manifest = out_dir / MANIFEST
         self.written: list[Path] = []
         self.plt = pyplot()
 
@@ -89,11 +94,23 @@ class Figures:
         )
 
     def remove_stale(self) -> None:
-        """Delete PNGs of an earlier build that this build did not write (runs since removed)."""
-        keep = set(self.written)
-        for path in self.folder.glob("*.png"):
-            if path not in keep:
-                path.unlink()
+        """Delete figures an earlier build wrote (listed in its manifest) that this build did
+        not write again (runs since removed); then list this build's figures in the manifest.
+        Files vlmflow did not write are never touched."""
+        import json
+
+        keep = {p.name for p in self.written}
+        try:
+            earlier = json.loads(self.manifest.read_text(encoding="utf-8")).get("figures", [])
+        except (OSError, ValueError, AttributeError):
+            earlier = []  # no manifest (first build) or a damaged one: delete nothing
+        for name in earlier:
+            path = self.folder / str(name)
+            if str(name) not in keep and path.parent == self.folder and path.suffix == ".png":
+                path.unlink(missing_ok=True)
+        temporary = self.manifest.with_name(self.manifest.name + ".tmp")
+        temporary.write_text(json.dumps({"figures": sorted(keep)}, indent=1), encoding="utf-8")
+        temporary.replace(self.manifest)
 
 
 def _layer_ticks(ax: Any, layers: Sequence[int], positions: Sequence[float] | np.ndarray) -> None:

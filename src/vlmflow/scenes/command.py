@@ -127,15 +127,28 @@ def _print_scene(scene: object, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out / --masks are PNG files vlmflow may write (checked before any rendering)."""
+    from vlmflow.validate import output_file
+
+    for flag in ("out", "masks"):
+        if getattr(args, flag, None) is not None:
+            output_file(getattr(args, flag), f"--{flag}", None, (".png",), missing_parent_ok=True)
+
+
 def _show(args: argparse.Namespace) -> int:
     from vlmflow.scenes.fixed import load_fixed_scene
 
+    _check_outputs(args)
     return _print_scene(load_fixed_scene(args.index), args)
 
 
 def _render(args: argparse.Namespace) -> int:
     from vlmflow.scenes.scene import generate
+    from vlmflow.validate import MAX_CANVAS_SIDE, whole_number
 
+    whole_number(args.size, "--size", 64, MAX_CANVAS_SIDE)
+    _check_outputs(args)
     scene = generate(
         args.seed, size=args.size, min_objects=args.min_objects, max_objects=args.max_objects
     )
@@ -144,7 +157,10 @@ def _render(args: argparse.Namespace) -> int:
 
 def _build_fixed(args: argparse.Namespace) -> int:
     from vlmflow.scenes.fixed import build_fixed
+    from vlmflow.validate import output_folder
 
+    if args.out is not None:
+        output_folder(args.out)
     print(build_fixed(args.out))
     return 0
 
@@ -155,6 +171,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import vlmflow
     from vlmflow.scenes import evaluate as ev
     from vlmflow.scenes.fixed import fixed_metadata, load_fixed_scene
+    from vlmflow.validate import output_file, torch_device
 
     total = len(fixed_metadata())
     count = total if args.scenes is None else args.scenes
@@ -163,12 +180,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag in ("max_new_tokens", "answer_tokens", "batch_size"):
         if getattr(args, flag) < 1:
             raise VlmflowError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.out is not None:
+        output_file(args.out, "--out", missing_parent_ok=True)
     if args.threads is not None:
         if args.threads < 1:
             raise VlmflowError("--threads must be >= 1")
         import torch
 
         torch.set_num_threads(args.threads)
+    torch_device(args.device)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     handle = vlmflow.load(args.model, device=args.device)
     if "untrained" in str(handle.model.name_or_path):

@@ -210,8 +210,12 @@ def generate(
             f"objects per scene must satisfy 1 <= min ({min_objects}) <= max ({max_objects})"
             f" <= {MAX_OBJECTS}: change --min-objects/--max-objects"
         )
-    if size < 64:
-        raise VlmflowError(f"scene size {size} px is too small: use at least 64 (default 448)")
+    from vlmflow.validate import MAX_CANVAS_SIDE
+
+    if isinstance(size, bool) or not isinstance(size, int) or not 64 <= size <= MAX_CANVAS_SIDE:
+        raise VlmflowError(
+            f"scene size {size!r} px is out of range: use 64-{MAX_CANVAS_SIDE} (default 448)"
+        )
     rng = StableRandom(seed)
     names = pick_types(rng, rng.integer(min_objects, max_objects))
     # drawing order = reading order, so object i is the i-th named in the description

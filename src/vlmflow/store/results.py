@@ -200,9 +200,16 @@ class ResultStore:
         self.path = Path(self.path)
         if not self.create and not self.path.is_file():
             raise VlmflowError(f"no results store at {self.path}: give the --out folder of a run")
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s)
+            self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s, existed)
+        except StoreCorrupt as err:
+            raise VlmflowError(
+                f"{self.path} is corrupt ({err}): run `vlmflow run --repair --out "
+                f"{self.path.parent}` to keep every readable result (the damaged file is kept "
+                "beside it)"
+            ) from None
         except sqlite3.OperationalError as err:
             raise _locked_or(err, self.path) from None
         except sqlite3.DatabaseError as err:
@@ -475,7 +482,13 @@ class ResultStore:
             )
 
 
-def _connect(path: Path, exclusive: bool, timeout: float) -> sqlite3.Connection:
+class StoreCorrupt(Exception):
+    """`check_integrity` found damage (the message says what)."""
+
+
+def _connect(path: Path, exclusive: bool, timeout: float, check: bool) -> sqlite3.Connection:
+    """Open `path` in WAL mode with the schema in place; with `check`, refuse a damaged file
+    (StoreCorrupt) before anything is written to it."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     if exclusive:
         # Before WAL is switched on: the WAL index then lives in process memory (no -shm file).
@@ -490,13 +503,62 @@ def _connect(path: Path, exclusive: bool, timeout: float) -> sqlite3.Connection:
         raise VlmflowError(
             f"{path} was written by a newer vlmflow (schema {version}): upgrade vlmflow"
         )
+    if check:
+        try:
+            problem = check_integrity(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if problem is not None:
+            conn.close()
+            raise StoreCorrupt(problem)
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn
 
 
+def check_integrity(conn: sqlite3.Connection) -> str | None:
+    """What is wrong with an open store, or None: SQLite's `quick_check` (every page and
+    record well formed, O(size of the file)) plus decoding every result's and failure's JSON.
+
+    Why on every open: a store with garbled pages otherwise resumes with rc 0 and fails later
+    in `report`, or silently counts damaged rows as done.
+    """
+    try:
+        found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            return "; ".join(str(f) for f in found)[:200]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, columns in (("results", "metrics, payload"), ("failures", "message")):
+            if table not in tables:
+                continue
+            for row in conn.execute(f"SELECT {columns} FROM {table}"):
+                _decode_row(table, row)
+    except (sqlite3.DatabaseError, ValueError) as err:
+        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+            raise
+        return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return None
+
+
+def _decode_row(table: str, row: tuple[Any, ...]) -> None:
+    """Raise ValueError when a stored row's text columns do not decode."""
+    import json
+
+    if table == "results":
+        for text in row:
+            if not isinstance(text, str) or not isinstance(json.loads(text), dict):
+                raise ValueError(f"a stored {table} row does not decode")
+    elif not isinstance(row[0], str):
+        raise ValueError(f"a stored {table} row does not decode")
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    return "locked" in str(err) or "busy" in str(err)
+
+
 def _locked_or(err: sqlite3.OperationalError, path: Path) -> Exception:
-    if "locked" in str(err) or "busy" in str(err):
+    if _is_busy(err):
         return VlmflowError(
             f"{path} is in use by another process: wait for it to finish or choose another --out"
         )

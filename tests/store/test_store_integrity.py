@@ -1,0 +1,240 @@
+"""Damaged stores are refused on open and repaired row by row; one writer per store file;
+a checkpoint folder's contents are part of its run identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vlmflow.errors import VlmflowError
+from vlmflow.store import ResultKey, ResultStore, RunSpec
+from vlmflow.store.lock import run_lock
+from vlmflow.store.repair import repair
+from vlmflow.store.runs import checkpoint_digest
+
+SPEC = RunSpec("toy", "tiny-model", "scenes:80", {"k": 0.05})
+PAGE = 4096
+ROWS = 300
+TOY = Path(__file__).resolve().parents[1] / "experiments" / "toy_experiment.py"
+
+
+def _fill(folder: Path, rows: int = ROWS) -> dict[str, tuple[object, ...]]:
+    """A store with `rows` results (a unique marker in each payload) and one failure."""
+    with ResultStore.open(folder) as store:
+        run = store.add_run(SPEC)
+        for i in range(rows):
+            key = ResultKey(run, "toy", f"item-{i:04d}", "s", i, 0)
+            store.put_result(key, {"v": i}, {"marker": f"payload-{i:04d}", "pad": "x" * 200})
+        store.put_failure(ResultKey(run, "toy", "broken", "s", rows, 0), "OSError", "bad file")
+        return {r.item: r.content() for r in store.rows()}
+
+
+def _damage_page_of(path: Path, marker: bytes) -> None:
+    """Overwrite the whole page holding `marker` with 0xFF bytes (an invalid b-tree page)."""
+    data = bytearray(path.read_bytes())
+    page = data.index(marker) // PAGE
+    assert page > 0  # never the header page
+    data[page * PAGE : (page + 1) * PAGE] = b"\xff" * PAGE
+    path.write_bytes(bytes(data))
+
+
+def test_intact_store_opens_and_repair_leaves_it(tmp_path: Path) -> None:
+    before = _fill(tmp_path)
+    with ResultStore.open(tmp_path) as store:
+        assert len(store.rows()) == ROWS
+    report = repair(tmp_path / "results.sqlite3")
+    assert report.damaged is None and "intact" in report.summary()
+    with ResultStore.open(tmp_path) as store:
+        assert {r.item: r.content() for r in store.rows()} == before
+
+
+def test_garbled_page_is_refused_then_repaired_keeping_every_readable_row(tmp_path: Path) -> None:
+    before = _fill(tmp_path)
+    path = tmp_path / "results.sqlite3"
+    _damage_page_of(path, b"payload-0150")
+    with pytest.raises(VlmflowError) as err:
+        ResultStore.open(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "corrupt" in message and "--repair" in message
+
+    report = repair(path)
+    assert report.damaged is not None and report.damaged.is_file()
+    with ResultStore.open(tmp_path) as store:  # opens cleanly again
+        kept = {r.item: r.content() for r in store.rows()}
+        assert [f.item for f in store.failures()] == ["broken"]
+        assert len(store.runs()) == 1
+    assert "item-0150" not in kept  # its page is gone
+    # only the rows of the damaged page are lost (a 4 KiB page holds at most ~16 of them)
+    assert ROWS - 16 <= len(kept) < ROWS
+    assert all(kept[item] == before[item] for item in kept)  # kept rows are exact
+
+
+def test_flipped_bytes_in_a_payload_are_detected_and_that_row_dropped(tmp_path: Path) -> None:
+    before = _fill(tmp_path, rows=20)
+    path = tmp_path / "results.sqlite3"
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"marker":"payload-0007"')
+    data[at] = ord("#")  # the JSON text no longer decodes; SQLite's page checks still pass
+    path.write_bytes(bytes(data))
+    with pytest.raises(VlmflowError, match="--repair"):
+        ResultStore.open(tmp_path)
+    report = repair(path)
+    assert report.kept["results"] == 19 and report.skipped == 1
+    with ResultStore.open(tmp_path) as store:
+        kept = {r.item: r.content() for r in store.rows()}
+    assert set(before) - set(kept) == {"item-0007"}
+
+
+def test_run_repair_from_the_command_line(tmp_path: Path) -> None:
+    from vlmflow.cli import main
+
+    _fill(tmp_path)
+    _damage_page_of(tmp_path / "results.sqlite3", b"payload-0100")
+    assert main(["run", "--repair", "--out", str(tmp_path)]) == 0
+    assert list(tmp_path.glob("results.sqlite3.damaged-*"))
+    with ResultStore.open(tmp_path) as store:
+        assert ROWS - 16 <= len(store.rows()) < ROWS
+
+
+def test_report_on_a_corrupt_store_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmflow.cli import main
+
+    _fill(tmp_path)
+    _damage_page_of(tmp_path / "results.sqlite3", b"payload-0200")
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--repair" in err and "Traceback" not in err
+
+
+def test_the_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> None:
+    store = tmp_path / "results.sqlite3"
+    code = (
+        "import sys, time; from pathlib import Path; from vlmflow.store.lock import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(VlmflowError, match=f"pid {holder.pid}"), run_lock(store):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(store):  # the kernel released it with the process
+        pass
+
+
+def test_two_runs_into_one_out_do_not_duplicate_work(tmp_path: Path) -> None:
+    config = tmp_path / "toy.json"
+    config.write_text(json.dumps({"toy": {"count": 6, "sleep_ms": 300, "fail_item": "none"}}))
+    out = tmp_path / "out"
+    argv = [sys.executable, str(TOY), "toy", "--out", str(out), "--config", str(config)]
+    argv.append("--no-progress")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOY.parent), *sys.path])}
+    first = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    lock = out / "results.sqlite3.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 1
+    assert "another vlmflow run" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    assert "12 done" in out1
+    with ResultStore.open(out) as store:
+        assert store.count() == (12, 0)
+
+
+def test_checkpoint_digest_changes_when_weights_are_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    first = checkpoint_digest(folder)
+    assert checkpoint_digest(folder) == first  # stable while nothing changes
+    (folder / "notes.txt").write_text("not part of the model")
+    assert checkpoint_digest(folder) == first
+    stat = weights.stat()
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + b"\1" * 8)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert checkpoint_digest(folder) != first
+
+
+def test_replaced_weights_are_a_new_run(tiny_path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from vlmflow.experiments.command import _model_key
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_path("llava"), folder)
+    key = _model_key(str(folder))
+    assert key.startswith(str(folder.resolve()) + "@")
+    weights = next(folder.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # new weights, same size and header
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert _model_key(str(folder)) != key
+    assert (
+        RunSpec("fractions", key, "scenes:2").run_id
+        != RunSpec("fractions", _model_key(str(folder)), "scenes:2").run_id
+    )
+
+
+def test_rerun_after_replacing_weights_is_not_already_done(
+    tiny_path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from vlmflow.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_path("llava"), folder)
+    config = tmp_path / "short.json"
+    config.write_text('{"fractions": {"max_new_tokens": 2}}')
+    argv = ["run", "fractions", "--images", "scenes:1", "--model", str(folder), "--no-progress"]
+    argv += ["--out", str(tmp_path / "out"), "--config", str(config)]
+    assert main(argv) == 0 and "1 done, 0 failed, 0 already done" in capsys.readouterr().out
+    assert main(argv) == 0 and "0 done, 0 failed, 1 already done" in capsys.readouterr().out
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # rewritten: a new modification time
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(argv) == 0 and "1 done, 0 failed, 0 already done" in capsys.readouterr().out
+
+
+def test_export_replaces_an_existing_file_only_with_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmflow.cli import main
+
+    table = tmp_path / "table.csv"
+    table.write_text("user's data\n")
+    argv = ["run", "check", "--images", "scenes:1", "--out", str(tmp_path / "out")]
+    argv += ["--no-progress", "--export", str(table)]
+    assert main(argv) == 1 and "--force" in capsys.readouterr().err
+    assert table.read_text() == "user's data\n"
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert main([*argv, "--force"]) == 0
+    import csv
+
+    from vlmflow.store.export import BASE_COLUMNS
+
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[: len(BASE_COLUMNS)] == list(BASE_COLUMNS)
+    assert [r["experiment"] for r in rows] == ["check"]
