@@ -53,9 +53,7 @@ def window_starts(num_layers: int, window: int) -> list[int]:
     """Start layers of the windows `[s, s + window - 1]` that fit in the model (window 0: every
     layer, each an empty window)."""
     if window < 0 or window > num_layers:
-        raise VlmflowError(
-            f"trace window {window}: use 0-{num_layers} layers (0 blocks nothing)"
-        )
+        raise VlmflowError(f"trace window {window}: use 0-{num_layers} layers (0 blocks nothing)")
     return list(range(num_layers - max(window, 1) + 1))
 
 
@@ -265,10 +263,10 @@ def _score_rows(
     cache: Any,  # positions [0, split) for one row, or None (split 0)
     split: int,
 ) -> torch.Tensor:  # (rows, a) float32
+    from transformers import DynamicCache
+
     import vlmflow
     from vlmflow.attention.batch import _layers, _positions, _repeat_prompt
-
-    from transformers import DynamicCache
 
     model = handle.model
     count = len(variants)
