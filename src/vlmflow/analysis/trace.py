@@ -221,38 +221,50 @@ def score_variants(
     positions that predict them, one row per variant (a list of knockouts, no `rows` set).
 
     The prompt positions before the first one any variant targets are computed once (batch 1,
-    no knockout) and their cache copied to each row; `batch` 1 computes every row from
-    position 0 on its own.
+    no knockout) and their cache copied to each row; rows that change only the last position
+    share every position before it. `batch` 1 computes every row from position 0 on its own.
     """
+    from transformers import DynamicCache
+
     from vlmflow.attention import backend
-    from vlmflow.attention.batch import first_changed
+    from vlmflow.attention.batch import _chunk, _layers, _positions, _prefix, first_changed
 
     model = handle.model
     n = prompt.layout.length
     codes = prompt.layout.codes[0]
-    split = min((first_changed(prompt.layout, v) for v in variants), default=n)
-    split = min(split, n - 1)
+    firsts = [min(first_changed(prompt.layout, v), n - 1) for v in variants]
+    # late rows change only the last position: they share every position before it
+    late = [r for r, f in enumerate(firsts) if f == n - 1]
+    early = [r for r, f in enumerate(firsts) if f < n - 1]
+    split = min((firsts[r] for r in early), default=n - 1)
     if batch <= 1 or bool((codes[split:] == int(Role.IMAGE)).any()):
         split = 0
     answer_ids = torch.tensor([list(answer)], dtype=torch.long, device=handle.device)  # (1, a)
+    out = torch.empty(len(variants), len(answer))
     outer = backend.ACTIVE.set(())  # the shared part runs plain, whatever encloses this call
     try:
         with torch.inference_mode():
-            cache = _prefix_cache(model, prompt.inputs, split) if split > 0 else None
-            parts = []
-            step = max(batch, 1)
-            for start in range(0, len(variants), step):
-                chunk = variants[start : start + step]
-                parts.append(_score_rows(handle, prompt, chunk, answer_ids, cache, split))
+            groups: list[tuple[list[int], Any, int]] = []
+            if split == 0:
+                groups.append((list(range(len(variants))), None, 0))
+            else:
+                base = _prefix(model, prompt.inputs, split)  # positions [0, split), batch 1
+                if late:
+                    shared = DynamicCache(ddp_cache_data=_layers(base, 1))
+                    if split < n - 1:
+                        positions = _positions(handle, prompt)
+                        _chunk(model, prompt.input_ids, shared, split, n - 1, positions)
+                    groups.append((late, shared, n - 1))
+                if early:
+                    groups.append((early, base, split))
+            for rows, cache, start in groups:
+                for i in range(0, len(rows), batch):
+                    chunk = rows[i : i + batch]
+                    part = [variants[r] for r in chunk]
+                    out[chunk] = _score_rows(handle, prompt, part, answer_ids, cache, start)
     finally:
         backend.ACTIVE.reset(outer)
-    return torch.cat(parts, dim=0)
-
-
-def _prefix_cache(model: Any, inputs: Any, stop: int) -> Any:
-    from vlmflow.attention.batch import _prefix
-
-    return _prefix(model, inputs, stop)
+    return out
 
 
 def _score_rows(

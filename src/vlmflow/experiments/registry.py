@@ -48,6 +48,15 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "vlmflow.experiments.localization:Localization",
         "do fine details' attention peaks fall on their objects? accuracy per layer (Fig. 6-7)",
     ),
+    # beyond the paper: answer tracing and the logit lens (vlmflow.analysis)
+    "trace": (
+        "vlmflow.experiments.trace:TraceExperiment",
+        "answer probability under sliding window knockouts per group pair (Zhang et al. 2025)",
+    ),
+    "lens": (
+        "vlmflow.experiments.lens:LensExperiment",
+        "logit lens over image tokens: top words per layer, on/off objects (Neo et al. 2025)",
+    ),
 }
 
 
