@@ -150,9 +150,9 @@ def lens_prompt(
     ids, probs = [], []
     for h in hidden:
         logits = read_out(handle, h)  # (p, V)
-        top = logits.softmax(dim=-1).topk(top_k, dim=-1)
+        top = logits.topk(top_k, dim=-1)  # softmax of the top k only: (p, k)
         ids.append(top.indices.cpu())
-        probs.append(top.values.cpu())
+        probs.append((top.values - logits.logsumexp(dim=-1, keepdim=True)).exp().cpu())
     ids_t = torch.stack(ids)  # (L, p, k)
     tokenizer = getattr(handle.processor, "tokenizer", handle.processor)
     vocab = {int(i): str(tokenizer.decode([int(i)])) for i in ids_t.unique().tolist()}
