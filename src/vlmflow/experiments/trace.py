@@ -124,7 +124,7 @@ class TraceExperiment:
         questions = questions_of(ref, setting, self.options)
         if not questions:
             raise VlmflowError(f"{item.item_id} has no {setting} questions")
-        records = []
+        records: list[dict[str, Any]] = []
         for text, category, expected in questions:
             t = trace(
                 handle,

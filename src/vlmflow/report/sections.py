@@ -679,3 +679,12 @@ def failures_table(failures: Sequence[Failure]) -> str:
 
 
 __all__ = ["BUILDERS", "ORDER", "PAPER", "TITLES", "Context", "number"]
+
+
+# -- beyond the paper: answer tracing and the logit lens (vlmflow.report.beyond) --------------
+
+from vlmflow.report import beyond  # noqa: E402  (it reads this module's helpers lazily)
+
+BUILDERS.update(beyond.BUILDERS)
+TITLES.update(beyond.TITLES)
+PAPER.update(beyond.PAPER)
