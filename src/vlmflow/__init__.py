@@ -2,7 +2,8 @@
 
 Public API (imported lazily so `import vlmflow` stays cheap):
     load, Handle, Prompt, session, Session, Knockout, Layers, Capture, CaptureResult, Role,
-    compress, load_context, CompressedContext
+    compress, load_context, CompressedContext,
+    trace, Trace, lens, Lens (beyond the paper: answer tracing, the logit lens)
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ _EXPORTS = {
     "compress": "vlmflow.compress",
     "load_context": "vlmflow.compress",
     "CompressedContext": "vlmflow.compress",
+    # beyond the paper (vlmflow.analysis)
+    "trace": "vlmflow.analysis.trace",
+    "Trace": "vlmflow.analysis.trace",
+    "lens": "vlmflow.analysis.lens",
+    "Lens": "vlmflow.analysis.lens",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.items import ImageRef, ImageSource
+from vlmflow.experiments.prompts import check_question, item_prompt
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 
 if TYPE_CHECKING:
@@ -100,8 +101,13 @@ def describe_variants(
 
 
 def result_config(options: Any) -> dict[str, Any]:
-    """The options that decide results (the run id); `batch` only decides speed."""
-    return {k: v for k, v in asdict(options).items() if k != "batch"}
+    """The options that decide results (the run id); `batch` only decides speed, and an unset
+    `question` is left out so that runs from before the option keep their ids."""
+    return {
+        k: v
+        for k, v in asdict(options).items()
+        if k != "batch" and not (k == "question" and v is None)
+    }
 
 
 def middle_window(num_layers: int) -> tuple[int, int]:
@@ -269,11 +275,13 @@ class KnockoutConfig:
     num_layers: int | None = None
     max_new_tokens: int = 64
     prompt: str = DEFAULT_PROMPT
+    question: str | None = None  # each image's own question instead (experiments.prompts)
     judge: str = "offline"
     judge_cache: bool = True
     batch: int = 8  # settings generated together (`generate_variants`); 1: one by one
 
     def __post_init__(self) -> None:
+        check_question(self.question)
         if self.batch < 1:
             raise ValueError(f"batch {self.batch} must be at least 1")
         for name in self.settings:
@@ -482,7 +490,12 @@ class KnockoutSweep:
     def _prompt(self, handle: Handle, item: WorkItem) -> Prompt:
         ref: ImageRef = item.payload["image"]
         return self._memo.get(
-            handle, item, "prompt", lambda: handle.prepare(ref.open(), self.options.prompt)
+            handle,
+            item,
+            "prompt",
+            lambda: handle.prepare(
+                ref.open(), item_prompt(self.options.prompt, self.options.question, ref)
+            ),
         )
 
     def _baseline(self, handle: Handle, item: WorkItem) -> Generation:

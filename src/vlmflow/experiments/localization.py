@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -59,8 +59,10 @@ from vlmflow.experiments.knockout import (
     image_items,
     middle_window,
     parse_window,
+    result_config,
     scene_vocabulary,
 )
+from vlmflow.experiments.prompts import check_question, item_prompt
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
 
@@ -275,10 +277,12 @@ class LocalizationConfig:
     window: str | None = None
     max_new_tokens: int = 64
     prompt: str = DEFAULT_PROMPT
+    question: str | None = None  # each image's own question instead (experiments.prompts)
     judge: str = "scene"
     judge_cache: bool = True
 
     def __post_init__(self) -> None:
+        check_question(self.question)
         if self.masks != AUTO and self.masks not in MASK_SOURCES and not is_segmenter(self.masks):
             raise ValueError(
                 f"masks {self.masks!r} is not one of {', '.join([AUTO, *MASK_SOURCES])} "
@@ -331,7 +335,7 @@ class Localization:
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = parse_config(LocalizationConfig, options, self.name)
-        self.config = asdict(self.options)
+        self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
         self.masks = mask_source(self.options.masks)
 
@@ -349,7 +353,7 @@ class Localization:
 
         opts = self.options
         ref: ImageRef = item.payload["image"]
-        prompt = handle.prepare(ref.open(), opts.prompt)
+        prompt = handle.prepare(ref.open(), item_prompt(opts.prompt, opts.question, ref))
         baseline, capture = self._baseline(handle, prompt)
         knocked, _ = describe(
             handle, prompt, opts.max_new_tokens, [Knockout.parse("image-generated", "all")]
