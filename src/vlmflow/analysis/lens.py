@@ -20,11 +20,10 @@ import torch
 from vlmflow.attention.knockout import Knockout
 from vlmflow.attention.layers import Layers
 from vlmflow.errors import VlmflowError
+from vlmflow.models.loading import DEFAULT_PROMPT
 
 if TYPE_CHECKING:
     from vlmflow.models.loading import Handle, Prompt
-
-DEFAULT_PROMPT = "Describe the image."  # = vlmflow.models.loading.DEFAULT_PROMPT
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlmflow.analysis import PAIR_NAMES
 from vlmflow.attention.knockout import Knockout
 from vlmflow.attention.layers import Layers
 from vlmflow.errors import VlmflowError
@@ -36,11 +37,13 @@ if TYPE_CHECKING:
     from vlmflow.models.loading import Handle, Prompt
 
 # pair name -> (source role, target role) in the relabelled prompt (last position: generated)
-PAIRS: dict[str, tuple[Role, Role]] = {
-    "image->last": (Role.IMAGE, Role.GENERATED),
-    "image->question": (Role.IMAGE, Role.QUERY),
-    "question->last": (Role.QUERY, Role.GENERATED),
-}
+PAIRS: dict[str, tuple[Role, Role]] = dict(
+    zip(
+        PAIR_NAMES,
+        [(Role.IMAGE, Role.GENERATED), (Role.IMAGE, Role.QUERY), (Role.QUERY, Role.GENERATED)],
+        strict=True,
+    )
+)
 WINDOW_SHARE = 0.09  # default window: 9% of the layers, rounded, at least one (Zhang et al.)
 
 
@@ -197,17 +200,11 @@ def greedy_answer(
 ) -> tuple[int, ...]:
     """The first `count` greedy answer tokens under `knockouts` (up to and including EOS)."""
     import vlmflow
+    from vlmflow.attention.batch import _cut
 
     with vlmflow.session(handle, prompt, knockout=list(knockouts)) as s:
         ids = s.generate(max_new_tokens=count)  # (1, new)
-    eos = handle.model.generation_config.eos_token_id
-    stops = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
-    out: list[int] = []
-    for t in ids[0].tolist():
-        out.append(int(t))
-        if t in stops:
-            break
-    return tuple(out)
+    return tuple(int(t) for t in _cut(handle, ids, {})[0].tolist())
 
 
 def score_variants(

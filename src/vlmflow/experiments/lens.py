@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from vlmflow.experiments.items import ImageRef, ImageSource
-from vlmflow.experiments.knockout import image_items, scene_vocabulary
+from vlmflow.experiments.knockout import DEFAULT_PROMPT, image_items, scene_vocabulary
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 
 SETTING = "lens"
-DEFAULT_PROMPT = "Describe the image."  # = vlmflow.models.loading.DEFAULT_PROMPT (no torch here)
 DIGITS = 6
 
 

@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vlmflow.analysis import PAIR_NAMES
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.items import ImageRef, ImageSource
 from vlmflow.experiments.knockout import as_tuples, image_items, result_config
 from vlmflow.experiments.protocol import Context, Result, WorkItem, parse_config
 
 KINDS = ("yesno", "open", "ask")
-PAIR_NAMES = ("image->last", "image->question", "question->last")  # = analysis.trace.PAIRS
 DIGITS = 6
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmflow.analysis import PAIR_NAMES
 from vlmflow.report.figures import Stat, pyplot
 from vlmflow.report.page import Column, esc, paragraph, table
 from vlmflow.report.pictures import data_uri, placeholder, thumbnail
@@ -31,7 +32,6 @@ PAPER = {
     "lens": "Neo et al. ICLR 2025, beyond the paper",
 }
 MAX_LENS_IMAGES = 12  # images embedded in the lens viewer
-PAIR_COLORS = {"image->last": "#1f77b4", "image->question": "#ff7f0e", "question->last": "#2ca02c"}
 
 
 def _name(run: RunInfo, kind: str) -> str:
@@ -74,7 +74,7 @@ def trace(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
     records = [
         q for r in rows if list(r.payload["starts"]) == starts for q in r.payload["questions"]
     ]
-    pairs = [p for p in PAIR_COLORS if records and p in records[0]["change"]]
+    pairs = [p for p in PAIR_NAMES if records and p in records[0]["change"]]
     categories = sorted({q["category"] for q in records})
     curves: dict[str, dict[str, Any]] = {}
     table_rows = []
