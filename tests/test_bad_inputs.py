@@ -145,9 +145,8 @@ def world(tiny_path: Any, photo: Any, tmp_path_factory: pytest.TempPathFactory) 
     (stores / "empty").mkdir()
     (root / "judge-cache.sqlite3").write_bytes(b"not sqlite either " * 100)
 
-    from vlmflow.compression import compress
-
     import vlmflow
+    from vlmflow.compression import compress
 
     handle = vlmflow.load(str(tiny))
     context = root / "context.safetensors"
@@ -551,10 +550,9 @@ def test_cli_bad_input_in_a_real_process(case: str, guarded: dict[str, str]) -> 
 
 
 def _api_cases() -> dict[str, tuple[Callable[[dict[str, str], Any], Any], str]]:
-    from vlmflow.compression import compress, load_context
-
     import vlmflow
     from vlmflow import validate
+    from vlmflow.compression import compress, load_context
     from vlmflow.experiments import ImageSource
     from vlmflow.experiments.registry import create
     from vlmflow.images import read_image

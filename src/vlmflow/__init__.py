@@ -9,6 +9,7 @@ Public API (imported lazily so `import vlmflow` stays cheap and torch-free):
     compare                                   judge two descriptions object by object (Sec. 4.2)
     Runner                                    run experiments over images into a result store
     build_report                              the HTML report of a result store
+    trace, Trace, lens, Lens                  beyond the paper: answer tracing, the logit lens
     VlmflowError                              every user-facing error
 
 The subpackages keep their own names (`vlmflow.compression`, `vlmflow.judge`,
@@ -41,9 +42,16 @@ _EXPORTS = {
     "compare": "vlmflow.judge",
     "Runner": "vlmflow.experiments.runner",
     "build_report": "vlmflow.report.build",
+    # beyond the paper (vlmflow.analysis)
+    "trace": "vlmflow.analysis.trace",
+    "Trace": "vlmflow.analysis.trace",
+    "lens": "vlmflow.analysis.lens",
+    "Lens": "vlmflow.analysis.lens",
 }
 
 if TYPE_CHECKING:  # the same names, seen by mypy and IDEs with their real types
+    from vlmflow.analysis.lens import Lens, lens
+    from vlmflow.analysis.trace import Trace, trace
     from vlmflow.attention.batch import generate_variants
     from vlmflow.attention.capture import Capture, CaptureResult
     from vlmflow.attention.knockout import Knockout
@@ -64,18 +72,22 @@ __all__ = [  # the keys of _EXPORTS (tests/test_public_api.py checks they agree)
     "Handle",
     "Knockout",
     "Layers",
+    "Lens",
     "Prompt",
     "Role",
     "Runner",
     "Session",
+    "Trace",
     "VlmflowError",
     "build_report",
     "compare",
     "compress",
     "generate_variants",
+    "lens",
     "load",
     "load_context",
     "session",
+    "trace",
 ]
 
 

@@ -32,6 +32,7 @@ from vlmflow.experiments.description import (
     verdict_metrics,
     verdict_payload,
 )
+from vlmflow.experiments.prompts import check_question, item_prompt
 from vlmflow.experiments.protocol import (
     Context,
     ItemMemo,
@@ -140,11 +141,13 @@ class KnockoutConfig:
     num_layers: int | None = None
     max_new_tokens: int = 64
     prompt: str = DEFAULT_PROMPT
+    question: str | None = None  # each image's own question instead (experiments.prompts)
     judge: str = "offline"
     judge_cache: bool = True
     batch: int = 8  # settings generated together (`generate_variants`); 1: one by one
 
     def __post_init__(self) -> None:
+        check_question(self.question)
         if self.batch < 1:
             raise ValueError(f"batch {self.batch} must be at least 1")
         for name in self.settings:
@@ -353,7 +356,12 @@ class KnockoutSweep:
     def _prompt(self, handle: Handle, item: WorkItem) -> Prompt:
         ref: ImageRef = item.payload["image"]
         return self._memo.get(
-            handle, item, "prompt", lambda: handle.prepare(ref.open(), self.options.prompt)
+            handle,
+            item,
+            "prompt",
+            lambda: handle.prepare(
+                ref.open(), item_prompt(self.options.prompt, self.options.question, ref)
+            ),
         )
 
     def _baseline(self, handle: Handle, item: WorkItem) -> Generation:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -51,7 +51,15 @@ from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.description import Generation, describe
 from vlmflow.experiments.knockout import JUDGES, Judge, scene_vocabulary
-from vlmflow.experiments.protocol import Context, Result, WorkItem, image_items, parse_config
+from vlmflow.experiments.prompts import check_question, item_prompt
+from vlmflow.experiments.protocol import (
+    Context,
+    Result,
+    WorkItem,
+    image_items,
+    parse_config,
+    result_config,
+)
 from vlmflow.experiments.segmenter import SegmenterMasks, is_segmenter
 from vlmflow.experiments.window import middle_window, parse_window
 from vlmflow.sources import ImageRef, ImageSource
@@ -269,10 +277,12 @@ class LocalizationConfig:
     window: str | None = None
     max_new_tokens: int = 64
     prompt: str = DEFAULT_PROMPT
+    question: str | None = None  # each image's own question instead (experiments.prompts)
     judge: str = "scene"
     judge_cache: bool = True
 
     def __post_init__(self) -> None:
+        check_question(self.question)
         if self.masks != AUTO and self.masks not in MASK_SOURCES and not is_segmenter(self.masks):
             raise ValueError(
                 f"masks {self.masks!r} is not one of {', '.join([AUTO, *MASK_SOURCES])} "
@@ -325,7 +335,7 @@ class Localization:
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = parse_config(LocalizationConfig, options, self.name)
-        self.config = asdict(self.options)
+        self.config = result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
         self.masks = mask_source(self.options.masks)
 
@@ -343,7 +353,7 @@ class Localization:
 
         opts = self.options
         ref: ImageRef = item.payload["image"]
-        prompt = handle.prepare(ref.open(), opts.prompt)
+        prompt = handle.prepare(ref.open(), item_prompt(opts.prompt, opts.question, ref))
         baseline, capture = self._baseline(handle, prompt)
         knocked, _ = describe(
             handle, prompt, opts.max_new_tokens, [Knockout.parse("image-generated", "all")]

@@ -119,8 +119,13 @@ def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experi
 
 
 def result_config(options: Any) -> dict[str, Any]:
-    """The options that decide results (the run id); `batch` only decides speed."""
-    return {k: v for k, v in asdict(options).items() if k != "batch"}
+    """The options that decide results (the run id); `batch` only decides speed, and an unset
+    `question` is left out so that runs from before the option keep their ids."""
+    return {
+        k: v
+        for k, v in asdict(options).items()
+        if k != "batch" and not (k == "question" and v is None)
+    }
 
 
 def as_tuples(options: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -132,6 +132,21 @@ SPECS: tuple[ExperimentSpec, ...] = (
         "decode every image and record size and checksum (no model): tests data and set-up",
         ReportSection("Image check"),
     ),
+    # beyond the paper: answer tracing and the logit lens (vlmflow.analysis)
+    ExperimentSpec(
+        "trace",
+        "vlmflow.experiments.trace:TraceExperiment",
+        "answer probability under sliding window knockouts per group pair (Zhang et al. 2025)",
+        ReportSection("Answer tracing (Zhang et al. CVPR 2025)", "", "vlmflow.report.beyond:trace"),
+    ),
+    ExperimentSpec(
+        "lens",
+        "vlmflow.experiments.lens:LensExperiment",
+        "logit lens over image tokens: top words per layer, on/off objects (Neo et al. 2025)",
+        ReportSection(
+            "Logit lens over image tokens (Neo et al. ICLR 2025)", "", "vlmflow.report.beyond:lens"
+        ),
+    ),
 )
 
 EXPERIMENTS: dict[str, ExperimentSpec] = {spec.name: spec for spec in SPECS}

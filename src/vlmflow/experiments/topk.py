@@ -39,6 +39,7 @@ from vlmflow.experiments.description import (
     verdict_payload,
 )
 from vlmflow.experiments.knockout import JUDGES, Judge
+from vlmflow.experiments.prompts import check_question, item_prompt
 from vlmflow.experiments.protocol import (
     Context,
     ItemMemo,
@@ -69,11 +70,13 @@ class TopKConfig:
     k: tuple[float, ...] = DEFAULT_KS
     max_new_tokens: int = 64
     prompt: str = DEFAULT_PROMPT
+    question: str | None = None  # each image's own question instead (experiments.prompts)
     judge: str = "offline"
     judge_cache: bool = True
     batch: int = 8  # k values generated together (`generate_variants`); 1: one by one
 
     def __post_init__(self) -> None:
+        check_question(self.question)
         if self.batch < 1:
             raise ValueError(f"batch {self.batch} must be at least 1")
         if not self.k:
@@ -186,7 +189,12 @@ class TopK:
     def _prompt(self, handle: Handle, item: WorkItem) -> Prompt:
         ref: ImageRef = item.payload["image"]
         return self._memo.get(
-            handle, item, "prompt", lambda: handle.prepare(ref.open(), self.options.prompt)
+            handle,
+            item,
+            "prompt",
+            lambda: handle.prepare(
+                ref.open(), item_prompt(self.options.prompt, self.options.question, ref)
+            ),
         )
 
     def _baseline(self, handle: Handle, prompt: Prompt) -> tuple[Generation, Ranking]:
