@@ -9,7 +9,7 @@ question (0-indexed). Both options are part of the experiment's config, so of it
 from __future__ import annotations
 
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.items import ImageRef
+from vlmflow.sources import ImageRef
 
 
 def check_question(question: str | None) -> None:
