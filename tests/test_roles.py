@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 import vlmflow
+from attention.reference import IMAGE_TOKENS  # tokens that only exist because of an image
 from vlmflow.models.tiny import TINY_FAMILIES
 from vlmflow.roles import Role
-
-from .reference import IMAGE_TOKENS  # tokens that only exist because of an image
 
 
 def _tokens(handle, prompt, row=0):

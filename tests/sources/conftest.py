@@ -1,4 +1,4 @@
-"""Make the model-free `toy` experiment of tests/experiments importable here."""
+"""Make the run helper of tests/experiments (`runs.run_into`) importable here."""
 
 from __future__ import annotations
 
