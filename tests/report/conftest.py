@@ -7,8 +7,11 @@ shipped scenes (they need masks and questions).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,3 +82,47 @@ def report_path(results_dir: Path) -> Path:
     from vlmflow.report import build_report
 
     return build_report(results_dir)
+
+
+@pytest.fixture(scope="module")
+def browser(repo_script: Callable[[str], Any]) -> Iterator[Any]:
+    """Debian's headless Chromium through Playwright; Chromium's path and flags have one owner,
+    the README screenshot script. A missing browser or driver fails with the install to run."""
+    stack = ExitStack()
+    try:
+        instance = stack.enter_context(repo_script("screenshot_report").launch())
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
+    with stack:
+        yield instance
+
+
+@dataclass
+class OfflinePage:
+    """A page that may load only local files: `remote` lists every other request (refused),
+    `problems` every console error or warning, page error and failed load."""
+
+    page: Any
+    remote: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def open_offline(browser: Any, path: Path) -> OfflinePage:
+    """Open `path` in a fresh 1200 x 900 context that refuses the network."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    opened = OfflinePage(None)
+
+    def refuse(route: Any) -> None:
+        opened.remote.append(route.request.url)
+        route.abort()
+
+    context.route(lambda url: not url.startswith(("file:", "data:")), refuse)
+    page = opened.page = context.new_page()
+    problems = opened.problems
+    page.on(
+        "console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None
+    )
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"failed to load {r.url}"))
+    page.goto(path.as_uri(), wait_until="load")
+    return opened

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.report.test_report_browser import browser  # noqa: F401  (the shared fixture)
+from tests.report.conftest import open_offline
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +52,11 @@ def test_trace_and_lens_sections_are_in_the_report(beyond_report: Path) -> None:
 
 
 def test_lens_viewer_steps_through_layers_in_chromium(
-    browser: Any,  # noqa: F811
+    browser: Any,
     beyond_report: Path,
 ) -> None:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    remote: list[str] = []
-
-    def refuse(route: Any) -> None:
-        remote.append(route.request.url)
-        route.abort()
-
-    context.route(lambda url: not url.startswith(("file:", "data:")), refuse)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on(
-        "console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None
-    )
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(beyond_report.as_uri(), wait_until="load")
+    opened = open_offline(browser, beyond_report)
+    page, remote, problems = opened.page, opened.remote, opened.problems
     images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
     assert len(images) == 2 and all(done and width > 0 for done, width in images)
 
@@ -88,4 +75,4 @@ def test_lens_viewer_steps_through_layers_in_chromium(
     page.select_option("#lens-image", index=1)
     assert drawn() != first_image
     assert remote == [] and problems == []
-    context.close()
+    page.context.close()

@@ -8,44 +8,16 @@ A missing browser or driver fails this test with that message; it is never skipp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-
-@pytest.fixture(scope="module")
-def browser(repo_script: Callable[[str], Any]) -> Iterator[Any]:
-    # Chromium's path and flags have one owner: the README screenshot script
-    stack = ExitStack()
-    try:
-        instance = stack.enter_context(repo_script("screenshot_report").launch())
-    except RuntimeError as err:  # no browser or no driver: the message names the install
-        pytest.fail(str(err), pytrace=False)
-    with stack:
-        yield instance
+from tests.report.conftest import open_offline
 
 
 def test_report_opens_offline_and_the_viewer_responds(browser: Any, report_path: Path) -> None:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
     # the report must not need the network: any request that is not a local file fails
-    remote: list[str] = []
-
-    def refuse(route: Any) -> None:
-        remote.append(route.request.url)
-        route.abort()
-
-    context.route(lambda url: not url.startswith(("file:", "data:")), refuse)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on(
-        "console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None
-    )
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("requestfailed", lambda r: problems.append(f"failed to load {r.url}"))
-    page.goto(report_path.as_uri(), wait_until="load")
+    opened = open_offline(browser, report_path)
+    page, remote, problems = opened.page, opened.remote, opened.problems
 
     images = page.evaluate(
         "Array.from(document.images).map(i => [i.getAttribute('src').slice(0, 40),"
@@ -110,4 +82,4 @@ def test_report_opens_offline_and_the_viewer_responds(browser: Any, report_path:
 
     assert remote == []
     assert problems == []
-    context.close()
+    page.context.close()
