@@ -8,6 +8,14 @@ from vlmflow.errors import VlmflowError
 
 
 class Role(IntEnum):
+    """The role of a sequence position (paper Sec. 3), stored as its integer code in role
+    tensors (`(b, kv)` int, one code per key position) and used to name knockout sources and
+    targets (`"image->query+generated"`, `vlmflow.roles.parse_roles`).
+
+    Prompt positions are PREFIX, IMAGE or QUERY; decode steps are GENERATED; PAD marks batch
+    padding, which no query attends to.
+    """
+
     PREFIX = 0  # prompt positions before the first image position (BOS, system prompt, "USER:")
     IMAGE = 1  # image tokens, including separators and markers inside the image span
     QUERY = 2  # prompt positions after the first image position that are not image
