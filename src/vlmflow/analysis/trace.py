@@ -84,6 +84,7 @@ class Trace:
         return {k: tuple((p - p0) / p0 for p in v) for k, v in self.probabilities.items()}
 
     def to_json(self) -> dict[str, Any]:
+        """The trace as JSON-able values (lists and floats), as the `trace` experiment stores it."""
         return {
             "question": self.question,
             "answer": list(self.answer),

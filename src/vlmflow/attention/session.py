@@ -149,6 +149,7 @@ class Session:
         return self.layout.length
 
     def touches(self, layer: int) -> bool:
+        """Whether a knockout or the capture of this session acts at decoder `layer`."""
         return layer in self._touched
 
     def key_roles(

@@ -98,6 +98,7 @@ class CompressedContext:
         return min(self.image_positions) if self.image_positions else self.full_tokens
 
     def kv_bytes(self) -> int:
+        """Bytes held by the kept keys and values over all layers."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def question_ids(self, question: str) -> torch.Tensor:
@@ -155,6 +156,8 @@ class CompressedContext:
         return Answer(text, tuple(out), self.context_tokens, self.full_tokens, seconds)
 
     def save(self, path: Any) -> None:
+        """Write the context to `path` atomically (`vlmflow.compression.storage`: safetensors
+        with a checksum that `load_context` verifies); OSError when it cannot be written."""
         from vlmflow.compression.storage import save_context
 
         save_context(self, path)

@@ -226,6 +226,7 @@ class Handle:
         return ids
 
     def decode(self, ids: torch.Tensor) -> list[str]:
+        """(b, n) token ids -> b texts, special tokens skipped, outer whitespace stripped."""
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
