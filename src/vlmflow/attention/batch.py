@@ -68,7 +68,8 @@ def generate_variants(
     Paper Sec. 4.1-4.2: the knockout sweep (one setting per row) of one image.
 
     Args:
-        handle, prompt: the model and a one-row prompt (`Handle.prepare`).
+        handle: the loaded model (`vlmflow.load`).
+        prompt: a one-row prompt (`Handle.prepare`).
         variants: per variant a list of `Knockout`s (without `rows`); [] is the baseline.
         max_new_tokens: length limit of every generation.
         capture: record attention for every row (batch index = variant index).
