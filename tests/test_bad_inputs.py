@@ -272,9 +272,7 @@ CLI: dict[str, tuple[list[str], str]] = {
     "describe special token prompt": ([*DESCRIBE, "--prompt", "what is <image>?"], "reword"),
     "describe prompt past positions": ([*DESCRIBE, "--prompt", LONG_PROMPT], "shorten"),
     # demo
-    "demo scenes 0": (["demo", "--scenes", "0"], "from 1 to 80"),
-    "demo scenes -3": (["demo", "--scenes", "-3"], "from 1 to 80"),
-    "demo scenes 1000": (["demo", "--scenes", "1000"], "from 1 to 80"),
+    **{f"demo scenes {n}": (["demo", "--scenes", n], "from 1 to 80") for n in ("0", "-3", "1000")},
     "demo scenes text": (["demo", "--scenes", "three"], "invalid int"),
     "demo max-new-tokens 0": (["demo", "--max-new-tokens", "0"], ">= 1"),
     "demo report-scenes 0": (["demo", "--report-scenes", "0"], "from 1 to 80"),

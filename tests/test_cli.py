@@ -25,6 +25,10 @@ def cases(tiny_path, photo, tmp_path_factory):
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "blip-2"}')
     llava = str(tiny_path("llava"))
+
+    def knocked(*options: str) -> list[str]:
+        return ["describe", str(good), "--model", llava, "--knockout", "image-query", *options]
+
     return {
         "missing image": (
             ["describe", str(root / "nope.png"), "--model", llava],
@@ -34,29 +38,11 @@ def cases(tiny_path, photo, tmp_path_factory):
         "unknown model": (["describe", str(good), "--model", str(root / "no-model")], "checkpoint"),
         "unsupported family": (["describe", str(good), "--model", str(other)], "supports llava"),
         "layer out of range": (
-            [
-                "describe",
-                str(good),
-                "--model",
-                llava,
-                "--knockout",
-                "image-query",
-                "--layers",
-                "from:7",
-            ],
+            knocked("--layers", "from:7"),
             "layers 0-3",
         ),
         "bad layer spec": (
-            [
-                "describe",
-                str(good),
-                "--model",
-                llava,
-                "--knockout",
-                "image-query",
-                "--layers",
-                "middle",
-            ],
+            knocked("--layers", "middle"),
             "from:L",
         ),
         "knockout with flash": (

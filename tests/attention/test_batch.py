@@ -60,12 +60,18 @@ def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
             assert torch.allclose(got, image_row[:, 0].float(), atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-def test_unshared_and_prompt_untouched_batches_equal_one_by_one(family, tiny_path, photo):
-    handle = vlmflow.load(str(tiny_path(family)))
+@pytest.fixture(params=["llava", "qwen2_vl"])
+def sweep(request, tiny_path, photo):
+    """(handle, prompt, variants, each variant's tokens generated one by one) on a family."""
+    handle = vlmflow.load(str(tiny_path(request.param)))
     prompt = handle.prepare(photo)
     variants = _sweep(prompt)
     alone, _ = _one_by_one(handle, prompt, variants)
+    return handle, prompt, variants, alone
+
+
+def test_unshared_and_prompt_untouched_batches_equal_one_by_one(sweep):
+    handle, prompt, variants, alone = sweep
     unshared = generate_variants(handle, prompt, variants, max_new_tokens=NEW, share_prefill=False)
     assert [ids.tolist() for ids in unshared.ids] == alone
     assert unshared.shared == 0
@@ -88,12 +94,8 @@ def test_variants_that_change_the_image_rows_recompute_the_prompt(tiny_path, pho
     assert alone[1] != alone[0]
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-def test_each_row_stops_at_its_own_eos(family, tiny_path, photo):
-    handle = vlmflow.load(str(tiny_path(family)))
-    prompt = handle.prepare(photo)
-    variants = _sweep(prompt)
-    alone, _ = _one_by_one(handle, prompt, variants)
+def test_each_row_stops_at_its_own_eos(sweep):
+    handle, prompt, variants, alone = sweep
     eos = alone[0][3]  # a token the baseline emits early: some rows stop, others run on
     settings = {"max_new_tokens": NEW, "eos_token_id": eos}
     stopped, _ = _one_by_one(handle, prompt, variants, **settings)

@@ -218,14 +218,8 @@ def test_focus_phase_mixes_open_and_followup_questions(tmp_path: Path, scenes: l
     from vlmflow.scenes.questions import open_questions
 
     cache = _cache(tmp_path, scenes)
-    config = tr.TrainConfig(
-        batch_size=4,
-        scenes=6,
-        steps=0,
-        focus_steps=40,
-        focus_open_fraction=0.5,
-        focus_followup_fraction=0.5,
-    )
+    focus_only = tr.TrainConfig(batch_size=4, scenes=6, steps=0, focus_steps=40)
+    config = replace(focus_only, focus_open_fraction=0.5, focus_followup_fraction=0.5)
     open_seen = followups = yes_no = 0
     for step in range(40):
         for example in tr.examples_for_step(cache, config, step)[1:]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vlmflow.experiments import ImageSource, Runner
@@ -22,3 +23,15 @@ def run_into(
         handle_factory=lambda: handle,
         progress=False,
     ).run()
+
+
+def snapshot(path: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    """A store's content but timings: rows, failures (with attempts) and blob bytes, in order."""
+    with ResultStore(path, create=False) as store:
+        rows = [r.content() for r in store.rows()]
+        failures = [(f.content(), f.attempts) for f in store.failures()]
+        blobs = store._conn.execute(
+            "SELECT run_id, experiment, item, setting, name, data FROM blobs "
+            "ORDER BY run_id, experiment, item, setting, name"
+        ).fetchall()
+    return rows, failures, blobs

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import toy_experiment
+from runs import snapshot
 from toy_experiment import FAIL_MESSAGE, ToyExperiment
 
 from vlmflow.errors import VlmflowError
@@ -35,18 +36,6 @@ def run_toy(out: Path, rank: int = 0, world_size: int = 1, **options: Any) -> An
         return Runner(
             [toy(**options)], SOURCE, store, shard=Shard(rank, world_size), progress=False
         ).run()
-
-
-def snapshot(path: Path) -> tuple[list[Any], list[Any], list[Any]]:
-    """Everything but timings: rows, failures and blob bytes, in stored order."""
-    with ResultStore(path, create=False) as store:
-        rows = [r.content() for r in store.rows()]
-        failures = [(f.content(), f.attempts) for f in store.failures()]
-        blobs = store._conn.execute(
-            "SELECT run_id, experiment, item, setting, name, data FROM blobs "
-            "ORDER BY run_id, experiment, item, setting, name"
-        ).fetchall()
-    return rows, failures, blobs
 
 
 def count_results(path: Path) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import toy_experiment
+from runs import snapshot
 from toy_experiment import ToyExperiment
 
 from vlmflow.experiments import ImageSource, Runner, Shard, command, create
@@ -44,18 +45,6 @@ def toy_command(out: Path, config: Path) -> list[str]:
         str(TOY), "toy", "--images", "scenes:1", "--out", str(out), "--config", str(config),
         "--no-progress", "--rank-timeout", "30",
     )  # fmt: skip
-
-
-def snapshot(path: Path) -> tuple[list[Any], list[Any], list[Any]]:
-    """Everything but timings: rows, failures (with attempts) and blob bytes."""
-    with ResultStore(path, create=False) as store:
-        rows = [r.content() for r in store.rows()]
-        failures = [(f.content(), f.attempts) for f in store.failures()]
-        blobs = store._conn.execute(
-            "SELECT run_id, experiment, item, setting, name, data FROM blobs "
-            "ORDER BY run_id, experiment, item, setting, name"
-        ).fetchall()
-    return rows, failures, blobs
 
 
 def single_process(out: Path, experiment: Any, images: str = "scenes:1") -> Path:
@@ -157,23 +146,24 @@ def kill_rank_one_partway(argv: list[str], out: Path) -> tuple[subprocess.Popen[
             proc.wait()
 
 
-def slow_toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """A toy config slow enough to kill partway (4 s a rank), and its single-process result."""
+@pytest.fixture
+def slow_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Path, Path]:
+    """A torchrun command of a toy slow enough to kill partway (4 s a rank), its --out, and the
+    single-process store of the same run."""
     options = {"count": 40, "sleep_ms": 100}
     config = tmp_path / "toy.json"
     config.write_text(json.dumps({"toy": options}))
     with monkeypatch.context() as patch:  # the same run (same config), without the waiting
         patch.setattr(toy_experiment.time, "sleep", lambda seconds: None)
         reference = single_process(tmp_path / "single", ToyExperiment(options))
-    return config, reference
+    out = tmp_path / "out"
+    return toy_command(out, config), out, reference
 
 
 def test_killed_rank_stops_the_job_and_the_same_command_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    slow_job: tuple[list[str], Path, Path],
 ) -> None:
-    config, reference = slow_toy(tmp_path, monkeypatch)
-    out = tmp_path / "out"
-    argv = toy_command(out, config)
+    argv, out, reference = slow_job
     proc, stderr, stopped_after = kill_rank_one_partway(argv, out)
     assert proc.returncode != 0
     assert stopped_after < 45
@@ -191,12 +181,8 @@ def test_killed_rank_stops_the_job_and_the_same_command_resumes(
     print(f"job stopped {stopped_after:.1f} s after the kill; rank 1 had {partial}/40 rows")
 
 
-def test_torchrun_restarts_resume_on_their_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config, reference = slow_toy(tmp_path, monkeypatch)
-    out = tmp_path / "out"
-    argv = toy_command(out, config)
+def test_torchrun_restarts_resume_on_their_own(slow_job: tuple[list[str], Path, Path]) -> None:
+    argv, out, reference = slow_job
     argv.insert(argv.index("--standalone"), "--max-restarts=1")
     proc, stderr, _ = kill_rank_one_partway(argv, out)
     assert proc.returncode == 0, stderr[-3000:]

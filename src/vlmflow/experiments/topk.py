@@ -31,25 +31,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmflow.defaults import DEFAULT_PROMPT
-from vlmflow.experiments.description import (
-    Generation,
-    describe,
-    describe_variants,
-    verdict_metrics,
-    verdict_payload,
-)
+from vlmflow.experiments import description, protocol
 from vlmflow.experiments.knockout import JUDGES, Judge
 from vlmflow.experiments.prompts import check_question, item_prompt
-from vlmflow.experiments.protocol import (
-    Context,
-    ItemMemo,
-    Result,
-    WorkItem,
-    as_tuples,
-    image_items,
-    parse_config,
-    result_config,
-)
 from vlmflow.sources import ImageRef, ImageSource
 
 if TYPE_CHECKING:
@@ -134,25 +118,27 @@ class TopK:
     needs_model = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        opts = as_tuples(dict(options or {}), "k")
+        opts = protocol.as_tuples(dict(options or {}), "k")
         if isinstance(opts.get("k"), tuple):
             # ints as floats (one run id for 1 and 1.0); anything else is left to the type check
             opts["k"] = tuple(
                 float(k) if isinstance(k, int) and not isinstance(k, bool) else k for k in opts["k"]
             )
-        self.options = parse_config(TopKConfig, opts, self.name)
-        self.config = result_config(self.options)
+        self.options = protocol.parse_config(TopKConfig, opts, self.name)
+        self.config = protocol.result_config(self.options)
         self.judge = Judge(self.options.judge, self.options.judge_cache)
-        self._memo = ItemMemo()
+        self._memo = protocol.ItemMemo()
         self._by_id = {setting_id(k): float(k) for k in self.options.k}
 
-    def items(self, source: ImageSource) -> Iterable[WorkItem]:
-        return image_items(source)
+    def items(self, source: ImageSource) -> Iterable[protocol.WorkItem]:
+        return protocol.image_items(source)
 
-    def settings(self, item: WorkItem) -> Sequence[str]:
+    def settings(self, item: protocol.WorkItem) -> Sequence[str]:
         return list(self._by_id)
 
-    def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
+    def run(
+        self, handle: Any, item: protocol.WorkItem, setting: str, context: protocol.Context
+    ) -> protocol.Result:
         k = self._by_id[setting]
         prompt = self._prompt(handle, item)
         baseline, ranking = self._memo.get(
@@ -163,17 +149,17 @@ class TopK:
             pending.insert(0, setting)
         if not self._memo.has(handle, item, ("k", setting)):
             variants = [_knockouts(ranking, self._by_id[s]) for s in pending]
-            generations = describe_variants(
+            generations = description.describe_variants(
                 handle, prompt, self.options.max_new_tokens, variants, self.options.batch
             )
             for name, made in zip(pending, generations, strict=True):
                 self._memo.put(handle, item, ("k", name), made)
-        generation: Generation = self._memo.get(handle, item, ("k", setting), _missing)
+        generation: description.Generation = self._memo.get(handle, item, ("k", setting), _missing)
         verdict = self.judge.compare(baseline.text, generation.text)
         n_image = len(ranking.positions)
-        return Result(
+        return protocol.Result(
             metrics={
-                **verdict_metrics(verdict),
+                **description.verdict_metrics(verdict),
                 "k": k,
                 "kept": round(k * n_image),
                 "image_tokens": n_image,
@@ -182,11 +168,11 @@ class TopK:
                 "description": generation.text,
                 "ids": list(generation.ids),
                 "reference": baseline.text,
-                **verdict_payload(verdict),
+                **description.verdict_payload(verdict),
             },
         )
 
-    def _prompt(self, handle: Handle, item: WorkItem) -> Prompt:
+    def _prompt(self, handle: Handle, item: protocol.WorkItem) -> Prompt:
         ref: ImageRef = item.payload["image"]
         return self._memo.get(
             handle,
@@ -197,11 +183,13 @@ class TopK:
             ),
         )
 
-    def _baseline(self, handle: Handle, prompt: Prompt) -> tuple[Generation, Ranking]:
+    def _baseline(self, handle: Handle, prompt: Prompt) -> tuple[description.Generation, Ranking]:
         from vlmflow.attention.capture import Capture
 
         capture = Capture.of(fractions=False, image_layers="all", dtype="float32")
-        generation, result = describe(handle, prompt, self.options.max_new_tokens, (), capture)
+        generation, result = description.describe(
+            handle, prompt, self.options.max_new_tokens, (), capture
+        )
         assert result is not None
         return generation, rank_image_tokens(result, prompt.layout.image_positions(0))
 
@@ -214,5 +202,5 @@ def _knockouts(ranking: Ranking, k: float) -> list[Any]:
     return [Knockout.key_set(blocked, tgt="generated")] if blocked else []
 
 
-def _missing() -> Generation:
+def _missing() -> description.Generation:
     raise RuntimeError("the batch did not generate this setting")

@@ -34,10 +34,6 @@ class MmeRef(ImageRef):
 
     questions_file: Path
 
-    @property
-    def has_questions(self) -> bool:
-        return True
-
     def questions(self) -> tuple[Question, ...]:
         return read_questions(self.questions_file, self.id.split("/", 1)[0])
 

@@ -22,10 +22,6 @@ class SceneRef(ImageRef):
 
     scene_index: int
 
-    @property
-    def has_questions(self) -> bool:
-        return True
-
     def questions(self) -> tuple[Question, ...]:
         from vlmflow.scenes import load_fixed_scene
 

@@ -42,8 +42,9 @@ class ImageRef:
 
     @property
     def has_questions(self) -> bool:
-        """Whether `questions()` gives the image's yes/no questions (paper Table 1)."""
-        return False
+        """Whether `questions()` gives the image's yes/no questions (paper Table 1): true for
+        the kinds of reference that define `questions`."""
+        return type(self).questions is not ImageRef.questions
 
     def questions(self) -> tuple[Question, ...]:
         """Its yes/no questions with answers; () for a plain file. Raises VlmflowError for a
