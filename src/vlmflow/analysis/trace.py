@@ -16,10 +16,10 @@ Mechanism: the prompt's roles are relabelled so that the last prompt position ta
 `generated` role, which is what `last` means here; then each pair is an ordinary `Knockout`
 (`image -> generated`, `image -> query`, `query -> generated`, `generated -> generated`) and
 every window is one row of a batch (`Knockout.rows`). The positions no row changes (the prefix
-and the image, for every pair here) are computed once with batch 1 and their KV cache is copied to every row; only the
-question, the last position and the answer tokens run per row. Forward passes only: the answer
-is the model's greedy answer (its first `answer_tokens` tokens), read once, then scored under
-teacher forcing.
+and the image, for every pair here) are computed once with batch 1 and their KV cache is copied
+to every row; only the question, the last position and the answer tokens run per row. Forward
+passes only: the answer is the model's greedy answer (its first `answer_tokens` tokens), read
+once, then scored under teacher forcing.
 """
 
 from __future__ import annotations

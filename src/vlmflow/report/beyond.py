@@ -1,11 +1,12 @@
 """Report sections for the analyses beyond the paper: answer tracing and the logit lens.
 
-`trace` (Zhang et al. CVPR 2025, Fig. 2-4 there): per group pair the run traced (the flows, the
+`trace` (Zhang et al. CVPR 2025): per group pair the run traced (the flows, the
 control `last->last`, or any of them), the mean relative change of the answer's probability
 against the window's start layer, one curve per question category.
-`lens` (Neo et al. ICLR 2025): per layer, the share of on-object tokens whose top-k lens words
-name their object against off-object tokens naming an object of the image, and a viewer that
-writes each token's top word over the picture, layer by layer.
+`lens` (Neo et al. ICLR 2025): per layer, on images with object masks (scene world, COCO), the
+share of on-object tokens whose top-k lens words name their object against off-object tokens
+naming an object of the image, and a viewer that writes each token's top word over the picture,
+layer by layer.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def lens(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
         blocks.append(
             paragraph(
                 f"{int(on_tokens.sum())} on-object and {int(off_tokens.sum())} off-object "
-                "tokens; names, synonyms and plurals as the scene judge knows them.",
+                "tokens; names, synonyms and plurals as the scene judge (scenes) or the COCO "
+                "categories (COCO images) know them.",
                 "muted",
             )
         )
@@ -271,4 +273,3 @@ LENS_SCRIPT = r"""
   draw();
 })();
 """
-
