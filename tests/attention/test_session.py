@@ -176,6 +176,29 @@ def test_flash_and_eager_handles_refuse_knockout(tiny_path, photo):
         pass
 
 
+def test_a_role_blocked_from_itself_is_refused_only_when_a_query_keeps_no_key(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("llava")))
+    prompt = handle.prepare(photo, "Is there a cat?")
+    # the first prompt position sees only itself: prefix -> prefix leaves it nothing
+    with (
+        pytest.raises(vlmflow.VlmflowError, match="nothing to attend to"),
+        vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse("prefix->prefix")),
+    ):
+        pass
+    every = "prefix+image+query+generated"
+    with (
+        pytest.raises(vlmflow.VlmflowError, match="nothing to attend to"),
+        vlmflow.session(handle, prompt, knockout=vlmflow.Knockout.parse(f"{every}->generated")),
+    ):
+        pass
+    # generated tokens still see the prompt: generated -> generated blocks only their own keys
+    plain = handle.generate(prompt, max_new_tokens=NEW)
+    ko = vlmflow.Knockout.parse("generated->generated")
+    with vlmflow.session(handle, prompt, knockout=ko):
+        cut = handle.generate(prompt, max_new_tokens=NEW)
+    assert cut.shape == plain.shape and cut.tolist() != plain.tolist()
+
+
 @pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "internvl", "idefics3"])
 @pytest.mark.parametrize("setting", ["image-query", "image-query+generated"])
 def test_every_target_row_ignores_blocked_keys(family, setting, tiny_path, photo):

@@ -1,7 +1,8 @@
 """`vlmflow run` under torchrun (gloo, CPU): merged ranks equal one process; a killed rank resumes.
 
 Each launch starts torchrun's agent and two workers (a few seconds of imports each), so the
-tests keep to four launches.
+tests keep launches few: the toy experiment for the runner's machinery, one launch of the
+analyses beyond the paper (`trace`, `lens`) on a tiny model.
 """
 
 from __future__ import annotations
@@ -121,6 +122,36 @@ def test_python_m_vlmflow_runs_check_under_torchrun(tmp_path: Path) -> None:
     assert "7 results, 1 failures added" in done.stdout
     reference = single_process(tmp_path / "single", create("check"), str(images))
     assert snapshot(out / "results.sqlite3") == snapshot(reference)
+
+
+def test_trace_and_lens_under_torchrun_equal_one_process(tiny_path: Any, tmp_path: Path) -> None:
+    # the README's torchrun line for the analyses beyond the paper, on a tiny LLaVA
+    config = tmp_path / "beyond.toml"
+    config.write_text('[trace]\nquestions = ["yesno", "open"]\nlimit = 1\n\n[lens]\ntop_k = 3\n')
+    model = str(tiny_path("llava"))
+    args = ["-m", "vlmflow", "run", "trace", "lens", "--images", "scenes:2", "--model", model,
+            "--config", str(config), "--no-progress"]  # fmt: skip
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}  # both runs single-threaded: the same kernels
+    out, single = tmp_path / "out", tmp_path / "single"
+    done = subprocess.run(
+        torchrun(*args, "--out", str(out)), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "merged ranks [0, 1]" in done.stdout
+    alone = subprocess.run(
+        [sys.executable, *args, "--out", str(single)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    rows, failures, blobs = snapshot(out / "results.sqlite3")
+    assert (rows, failures, blobs) == snapshot(single / "results.sqlite3")
+    # 2 scenes x (yesno, open) traces and 2 lens results, each once, none failed
+    assert sorted((r[1], r[2], r[3]) for r in rows) == [
+        ("lens", "fixed-00", "lens"), ("lens", "fixed-01", "lens"),
+        ("trace", "fixed-00", "open"), ("trace", "fixed-00", "yesno"),
+        ("trace", "fixed-01", "open"), ("trace", "fixed-01", "yesno"),
+    ]  # fmt: skip
+    assert failures == [] and len(blobs) == 4  # lens: ids and named per scene
 
 
 def kill_rank_one_partway(argv: list[str], out: Path) -> tuple[subprocess.Popen[str], str, float]:

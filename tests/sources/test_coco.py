@@ -139,8 +139,13 @@ def segmentation(mask: np.ndarray, encoding: str) -> Any:
 # -- the dataset ----------------------------------------------------------------------------
 
 
-def write_coco(root: Path, scenes: dict[int, tuple[int, str]] = SCENES) -> Path:
-    """`root/annotations/instances_val2014.json` and the images in `root/val2014/`."""
+def write_coco(
+    root: Path,
+    scenes: dict[int, tuple[int, str]] = SCENES,
+    rename: dict[str, str] | None = None,
+) -> Path:
+    """`root/annotations/instances_val2014.json` and the images in `root/val2014/`; `rename`:
+    scene object name -> the COCO category name it is annotated as."""
     (root / "annotations").mkdir(parents=True)
     (root / "val2014").mkdir()
     names = sorted({o.name for i in scenes for o in load_fixed_scene(i).objects})
@@ -168,7 +173,10 @@ def write_coco(root: Path, scenes: dict[int, tuple[int, str]] = SCENES) -> Path:
     data = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "thing"} for n, i in category.items()],
+        "categories": [
+            {"id": i, "name": (rename or {}).get(n, n), "supercategory": "thing"}
+            for n, i in category.items()
+        ],
     }
     path.write_text(json.dumps(data))
     return path
@@ -375,3 +383,45 @@ def test_localization_on_coco_scores_like_on_scenes(
     for key in ("baseline", "knockout", "details", "skipped", "layers"):
         assert on_coco.payload[key] == on_scene.payload[key], key
     assert on_coco.metrics == on_scene.metrics
+
+
+# -- the logit lens ---------------------------------------------------------------------------
+
+
+def test_lens_names_objects_on_coco_as_on_the_scenes_they_were_drawn_from(
+    tiny_path: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from vlmflow.store import ResultKey
+
+    # scene 1's ball is annotated as COCO's "sports ball": the lens word "ball" reaches it
+    # through the synonym table, as the scene vocabulary reaches the scene's ball
+    coco = write_coco(tmp_path / "coco", rename={"ball": "sports ball"})
+    handle = vlmflow.load(str(tiny_path("llava")))
+    seen: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+    for images, out in [(f"coco:{coco}", "coco-lens"), ("scenes:4", "scene-lens")]:
+        with ResultStore.open(tmp_path / out) as store:
+            # 70 of the tiny vocabulary's 85 words per token: "ball" ranks 46-84 in the tiny
+            # LLaVA's lens, so some tokens name the ball and some do not
+            run_into(store, [create("lens", {"top_k": 70})], images, handle)
+            assert store.failures() == []
+            for row in store.rows():
+                key = ResultKey(row.run_id, row.experiment, row.item, row.setting)
+                seen[row.item] = (row, store.blob(key, "ids"), store.blob(key, "named"))
+    for scene_index, (image_id, _) in SCENES.items():
+        on_coco, ids_coco, named_coco = seen[file_name(image_id)]
+        on_scene, ids_scene, named_scene = seen[f"fixed-{scene_index:02d}"]
+        assert np.array_equal(ids_coco, ids_scene)  # the same picture, the same lens words
+        names = [{"ball": "sports ball"}.get(n, n) for n in load_fixed_scene(scene_index).names]
+        assert on_coco.payload["objects"] == names
+        # the decoded instance masks put the same tokens on the same objects, and the COCO
+        # categories are named by the same lens words
+        for key in ("on", "off"):
+            assert on_coco.payload[key] == on_scene.payload[key], (image_id, key)
+        assert on_coco.metrics == on_scene.metrics
+        assert np.array_equal(named_coco, named_scene)
+        assert on_coco.metrics["on_tokens"] > 0 and on_coco.metrics["off_tokens"] > 0
+    _, ids, named = seen[file_name(SCENES[1][0])]
+    ball = handle.processor.tokenizer.convert_tokens_to_ids("ball")
+    # some tokens name the ball, not all, and only tokens with "ball" among their words do
+    assert named.any() and not named.all()
+    assert not (named & ~(ids == ball).any(axis=-1)).any()

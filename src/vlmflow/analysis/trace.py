@@ -6,17 +6,20 @@ Groups: `image` (the image span), `question` (the prompt positions after the ima
 the instruction and the chat template's closing tokens) and `last` (the last prompt position,
 which predicts the first answer token, and, for answers of several tokens, the positions of the
 answer tokens before the last, which predict the rest). Pairs: `image->last`,
-`image->question`, `question->last`; each blocks attention from the second group's queries to
-the first group's keys, at the layers of a window `[s, s + w - 1]`, for every start `s`.
+`image->question`, `question->last`, and the control `last->last` (the last position's attention
+to itself, which Zhang et al. draw beside the flows into the last position); each blocks
+attention from the second group's queries to the first group's keys, at the layers of a window
+`[s, s + w - 1]`, for every start `s`. With several answer tokens `last->last` blocks attention
+among all of `last` (each position to itself and to the earlier ones of the group).
 
 Mechanism: the prompt's roles are relabelled so that the last prompt position takes the
 `generated` role, which is what `last` means here; then each pair is an ordinary `Knockout`
-(`image -> generated`, `image -> query`, `query -> generated`) and every window is one row of a
-batch (`Knockout.rows`). The positions no row changes (the prefix and the image, for every pair
-here) are computed once with batch 1 and their KV cache is copied to every row; only the
-question, the last position and the answer tokens run per row. Forward passes only: the answer
-is the model's greedy answer (its first `answer_tokens` tokens), read once, then scored under
-teacher forcing.
+(`image -> generated`, `image -> query`, `query -> generated`, `generated -> generated`) and
+every window is one row of a batch (`Knockout.rows`). The positions no row changes (the prefix
+and the image, for every pair here) are computed once with batch 1 and their KV cache is copied
+to every row; only the question, the last position and the answer tokens run per row. Forward
+passes only: the answer is the model's greedy answer (its first `answer_tokens` tokens), read
+once, then scored under teacher forcing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vlmflow.analysis import PAIR_NAMES
+from vlmflow.analysis import DEFAULT_PAIRS, PAIR_NAMES
 from vlmflow.attention.knockout import Knockout
 from vlmflow.attention.layers import Layers
 from vlmflow.errors import VlmflowError
@@ -40,11 +43,18 @@ if TYPE_CHECKING:
 PAIRS: dict[str, tuple[Role, Role]] = dict(
     zip(
         PAIR_NAMES,
-        [(Role.IMAGE, Role.GENERATED), (Role.IMAGE, Role.QUERY), (Role.QUERY, Role.GENERATED)],
+        [
+            (Role.IMAGE, Role.GENERATED),
+            (Role.IMAGE, Role.QUERY),
+            (Role.QUERY, Role.GENERATED),
+            (Role.GENERATED, Role.GENERATED),
+        ],
         strict=True,
     )
 )
-WINDOW_SHARE = 0.09  # default window: 9% of the layers, rounded, at least one (Zhang et al.)
+# default window: 9% of the layers, rounded, at least one (a narrow window on any depth; the
+# authors' released code blocks 9 layers centred on each layer of 32- and 40-layer models)
+WINDOW_SHARE = 0.09
 
 
 def default_window(num_layers: int) -> int:
@@ -102,7 +112,7 @@ def trace(
     question: str,
     *,
     window: int | None = None,
-    pairs: Sequence[str] = tuple(PAIRS),
+    pairs: Sequence[str] = DEFAULT_PAIRS,
     answer_tokens: int = 1,
     knockout: Knockout | Sequence[Knockout] = (),
     batch: int = 16,
@@ -111,16 +121,18 @@ def trace(
 
     `window`: layers per knockout window (default `default_window`: 9% of the layers, >= 1;
     0 blocks nothing, so every value equals `probability`); every start layer whose window fits
-    is run. `pairs`: of PAIRS. `answer_tokens`: how many greedy answer tokens are scored (fewer
+    is run. `pairs`: of PAIRS (default: the three flows, DEFAULT_PAIRS; add `last->last` for the
+    control). `answer_tokens`: how many greedy answer tokens are scored (fewer
     when the answer ends earlier). `knockout`: standing knockouts applied in every row, the
     baseline included (over the relabelled roles, `generated` = the last position). `batch`:
     rows per forward pass; 1 runs each window on its own, with nothing shared (same values up
     to float rounding).
 
     Cost: one greedy pass for the answer, then `len(pairs) * starts + 1` rows of the question
-    and answer positions only. Raises VlmflowError for an unknown pair, a window outside
-    0..num_layers, `answer_tokens` < 1 or `batch` < 1, and a prompt with no question position
-    (the last prompt position must follow at least one other text position after the image).
+    and answer positions only. Raises VlmflowError for an unknown or repeated pair, a window
+    outside 0..num_layers, `answer_tokens` < 1 or `batch` < 1, and a prompt with no question
+    position (the last prompt position must follow at least one other text position after the
+    image).
     """
     prompt = handle.prepare(image, question)
     return trace_prompt(
@@ -139,7 +151,7 @@ def trace_prompt(
     prompt: Prompt,
     *,
     window: int | None = None,
-    pairs: Sequence[str] = tuple(PAIRS),
+    pairs: Sequence[str] = DEFAULT_PAIRS,
     answer_tokens: int = 1,
     knockout: Knockout | Sequence[Knockout] = (),
     batch: int = 16,
@@ -148,6 +160,8 @@ def trace_prompt(
     for pair in pairs:
         if pair not in PAIRS:
             raise VlmflowError(f"unknown trace pair {pair!r}: choose from {', '.join(PAIRS)}")
+    if len(set(pairs)) != len(pairs):
+        raise VlmflowError(f"trace pairs {list(pairs)} repeat a pair: name each pair once")
     if answer_tokens < 1:
         raise VlmflowError(f"answer_tokens={answer_tokens}: score at least one answer token")
     if batch < 1:

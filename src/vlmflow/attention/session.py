@@ -59,10 +59,11 @@ class Session:
         self.knockouts = [ResolvedKnockout.of(k, self.num_layers) for k in knockouts]
         batch = int(layout.codes.shape[0])
         for ko, spec in zip(self.knockouts, knockouts, strict=True):
-            if bool((ko.tgt & ko.src).any()):
+            if bool((ko.tgt & ko.src).any()) and _starves(ko, layout.codes):
                 raise VlmflowError(
-                    f"knockout {spec} blocks a role from itself, leaving queries nothing to attend"
-                    " to: choose src and tgt roles that differ"
+                    f"knockout {spec} blocks a role from itself where its first position has no"
+                    " earlier key of another role, leaving a query nothing to attend to: choose"
+                    " src and tgt roles that differ"
                 )
             if spec.rows is not None and max(spec.rows, default=0) >= batch:
                 raise VlmflowError(
@@ -281,3 +282,22 @@ def session(
     state = Session(handle, prompt, knockouts, capture)
     with backend.entered(state):
         yield state
+
+
+def _starves(knockout: ResolvedKnockout, codes: torch.Tensor) -> bool:
+    """True when some query of a role the knockout blocks from itself would keep no key.
+
+    codes: (b, n) prompt role codes. Under the causal mask a prompt query sees the keys up to
+    itself, so each targeted position needs an earlier (or its own) key of an unblocked role
+    that is not padding; decode steps (`generated`) see the whole prompt, so when `generated`
+    is blocked from itself some prompt key of an unblocked role must exist in every row.
+    Sliding-window layers, whose keys end earlier, are refused for any knockout.
+    """
+    codes = codes.long()
+    free = ~knockout.src[codes] & (codes != int(Role.PAD))  # (b, n) keys still visible
+    seen = free.int().cummax(dim=1).values.bool()  # (b, n) a free key at or before
+    if bool((knockout.tgt[codes] & ~seen).any()):
+        return True
+    generated = int(Role.GENERATED)
+    both = bool(knockout.tgt[generated]) and bool(knockout.src[generated])
+    return both and not bool(seen[:, -1].all())

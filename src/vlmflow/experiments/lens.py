@@ -1,11 +1,14 @@
 """`lens`: the logit lens over each image's tokens (Neo et al. ICLR 2025; `vlmflow.analysis.lens`).
 
 One setting per image (`lens`). Stored: per layer, each patch token's top-k words (as token ids
-plus the words they decode to). On the scene world (`--images scenes`, exact masks) also, per
-layer, the share of tokens on an object whose top-k words name that object (through the names,
-synonyms and plurals the scene judge knows: `knockout.scene_vocabulary`) against the share of
-tokens on no object whose top-k words name any object of the scene. A token is on an object when
-its cell holds at least one pixel of the object's mask (`localization.tile_cells`).
+plus the words they decode to). On images with masks of every object (the scene world's exact
+masks for `--images scenes`, the instance masks of `--images coco:...`:
+`localization.object_masks`) also, per layer, the share of tokens on an object whose top-k words
+name that object against the share of tokens on no object whose top-k words name any object of
+the image. A token is on an object when its cell holds at least one pixel of the object's mask
+(`localization.tile_cells`); a word names an object through the names, synonyms and plurals of
+the mask source's vocabulary (the scene judge's for scenes, `knockout.scene_vocabulary`; COCO's
+category names with `data/coco.json`'s synonyms, `coco.coco_vocabulary`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from vlmflow.defaults import DEFAULT_PROMPT
-from vlmflow.experiments.knockout import scene_vocabulary
 from vlmflow.experiments.protocol import Context, Result, WorkItem, image_items, parse_config
 from vlmflow.sources import ImageRef, ImageSource
+from vlmflow.sources.coco import CocoRef
 from vlmflow.sources.scenes import SceneRef
 
 SETTING = "lens"
@@ -74,7 +77,8 @@ def naming(
 
 
 class LensExperiment:
-    """Top-k lens words of every image token per layer; on/off-object naming on scenes."""
+    """Top-k lens words of every image token per layer; on/off-object naming where the images
+    have masks of every object (scene world, COCO)."""
 
     name = "lens"
     needs_model = True
@@ -82,9 +86,12 @@ class LensExperiment:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = parse_config(LensConfig, options, self.name)
         self.config = asdict(self.options)
-        self._vocabulary: Any = None
+        self._masks: Any = None  # localization.ObjectMasks of the listed source, if it has any
 
     def items(self, source: ImageSource) -> Iterable[WorkItem]:
+        from vlmflow.experiments.localization import object_masks
+
+        self._masks = object_masks(source)
         return image_items(source)
 
     def settings(self, item: WorkItem) -> Sequence[str]:
@@ -119,8 +126,9 @@ class LensExperiment:
         }
         metrics: dict[str, Any] = {"image_tokens": len(positions)}
         blobs: dict[str, Any] = {"ids": ids}
-        if isinstance(ref, SceneRef):
-            result = self._scene_naming(ref, grid, ids, words, seen.layers)
+        masks = self._object_masks(ref)
+        if masks is not None:
+            result = _object_naming(masks, item, grid, ids, words, seen.layers)
             payload.update(
                 on=_round(result.naming.on), off=_round(result.naming.off), objects=result.objects
             )
@@ -128,34 +136,44 @@ class LensExperiment:
             metrics.update(result.metrics)
         return Result(metrics=metrics, payload=payload, blobs=blobs)
 
-    def _scene_naming(
-        self,
-        ref: SceneRef,
-        grid: Any,
-        ids: np.ndarray,
-        words: Mapping[int, str],
-        layers_of: Sequence[int],
-    ) -> _SceneNaming:
-        from vlmflow.scenes import load_fixed_scene
+    def _object_masks(self, ref: ImageRef) -> Any:
+        """The listed source's object masks for a scene or COCO image; None for others. A scene
+        needs no listing first; a COCO image does (its masks refuse to run without a source)."""
+        if not isinstance(ref, SceneRef | CocoRef):
+            return None
+        if self._masks is None:
+            from vlmflow.experiments.localization import SceneMasks
+            from vlmflow.sources.coco import CocoMasks
 
-        if self._vocabulary is None:
-            self._vocabulary = scene_vocabulary()
-        vocabulary = self._vocabulary
-        scene = load_fixed_scene(ref.scene_index)
-        owners: list[set[str]] = [set() for _ in grid.patches()]
-        for obj in scene.objects:
-            covered = np.concatenate([c.ravel() for c in grid.covered(obj.mask)])  # (p,)
-            for i in np.nonzero(covered)[0]:
-                owners[int(i)].add(obj.name)
-        canonical = {i: vocabulary.canonical(w.strip()) for i, w in words.items()}
-        layers, p, k = ids.shape
-        names = [[canonical[int(i)] for i in row] for row in ids.reshape(layers * p, k)]
-        result = naming(names, [frozenset(o) for o in owners], frozenset(scene.names), layers)
-        return _SceneNaming(result, list(scene.names), layers_of)
+            self._masks = SceneMasks() if isinstance(ref, SceneRef) else CocoMasks()
+        return self._masks
+
+
+def _object_naming(
+    masks: Any,  # localization.ObjectMasks
+    item: WorkItem,
+    grid: Any,
+    ids: np.ndarray,  # (L, p, k)
+    words: Mapping[int, str],
+    layers_of: Sequence[int],
+) -> _ObjectNaming:
+    """On/off-object naming of one image from its object masks and their vocabulary."""
+    objects = masks.objects(item)  # [(name, (H, W) bool)]
+    owners: list[set[str]] = [set() for _ in grid.patches()]
+    for name, mask in objects:
+        covered = np.concatenate([c.ravel() for c in grid.covered(mask)])  # (p,)
+        for i in np.nonzero(covered)[0]:
+            owners[int(i)].add(name)
+    canonical = {i: masks.canonical(w.strip()) for i, w in words.items()}
+    layers, p, k = ids.shape
+    names = [[canonical[int(i)] for i in row] for row in ids.reshape(layers * p, k)]
+    present = [name for name, _ in objects]
+    result = naming(names, [frozenset(o) for o in owners], frozenset(present), layers)
+    return _ObjectNaming(result, present, layers_of)
 
 
 @dataclass(frozen=True)
-class _SceneNaming:
+class _ObjectNaming:
     naming: Naming
     objects: list[str]
     layers: Sequence[int]

@@ -118,23 +118,56 @@ class SceneMasks:
         return tuple(found) or (name.lower(),)
 
     def mask(self, item: WorkItem, name: str) -> np.ndarray | None:
+        masks = dict(self.objects(item))  # refuses an item that is not a scene
+        canonical = self.vocabulary.canonical(name)
+        return masks.get(canonical) if canonical is not None else None
+
+    def objects(self, item: WorkItem) -> list[tuple[str, np.ndarray]]:
+        """(name, (H, W) bool union of its instances) of every object type in the scene, in
+        description order."""
         ref: ImageRef = item.payload["image"]
         if not isinstance(ref, SceneRef):
             raise VlmflowError(f"{item.item_id} is not a scene: masks=scene needs --images scenes")
-        canonical = self.vocabulary.canonical(name)
-        if canonical is None:
-            return None
         if self._scene is None or self._scene[0] != ref.scene_index:
             from vlmflow.scenes import load_fixed_scene
 
             self._scene = (ref.scene_index, load_fixed_scene(ref.scene_index))
-        objects = [o for o in self._scene[1].objects if o.name == canonical]
-        if not objects:
-            return None
-        return np.logical_or.reduce([o.mask for o in objects])  # (H, W) every instance
+        objects = self._scene[1].objects
+        return [
+            (name, np.logical_or.reduce([o.mask for o in objects if o.name == name]))
+            for name in self._scene[1].names
+        ]
+
+    def canonical(self, word: str) -> str | None:
+        """The object type a word or phrase names (name, synonym, plural), else None."""
+        return self.vocabulary.canonical(word)
 
 
 MASK_SOURCES: dict[str, Callable[[], MaskSource]] = {"scene": SceneMasks, "coco": CocoMasks}
+
+
+class ObjectMasks(MaskSource, Protocol):
+    """A mask source that knows every object of an image (annotated images, not a segmenter)."""
+
+    def objects(self, item: WorkItem) -> list[tuple[str, np.ndarray]]:
+        """(canonical name, (H, W) bool union of its instances) of every object in the image."""
+
+    def canonical(self, word: str) -> str | None:
+        """The canonical name a word or phrase names (synonyms, plurals), else None."""
+
+
+def object_masks(images: ImageSource) -> ObjectMasks | None:
+    """The masks of every object for images that have them: the scene world's exact masks for
+    `--images scenes`, the instance masks of `--images coco:...`; None for other images."""
+    found: ObjectMasks
+    if isinstance(images, ScenesSource):
+        found = SceneMasks()
+    elif isinstance(images, CocoSource):
+        found = CocoMasks()
+    else:
+        return None
+    found.check(images)
+    return found
 
 
 def register_mask_source(name: str, factory: Callable[[], MaskSource]) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmflow.analysis import PAIR_NAMES
+from vlmflow.analysis import DEFAULT_PAIRS, PAIR_NAMES
 from vlmflow.errors import VlmflowError
 from vlmflow.experiments.protocol import (
     Context,
@@ -42,15 +42,16 @@ class TraceConfig:
 
     `questions`: kinds to trace (of KINDS; `ask` needs `ask`); `ask`: questions asked of every
     image; `limit`: at most this many questions per kind and image (None: all); `window`:
-    layers per window (None: 9% of the layers); `pairs`: group pairs; `answer_tokens`: greedy
-    answer tokens scored; `batch`: rows per forward pass (speed only, not in the run id).
+    layers per window (None: 9% of the layers); `pairs`: group pairs, of PAIR_NAMES (default the
+    three flows; `pairs = ["last->last"]` traces only the paper's control); `answer_tokens`:
+    greedy answer tokens scored; `batch`: rows per forward pass (speed only, not in the run id).
     """
 
     questions: tuple[str, ...] = ("yesno", "open")
     ask: tuple[str, ...] = ()
     limit: int | None = None
     window: int | None = None
-    pairs: tuple[str, ...] = PAIR_NAMES
+    pairs: tuple[str, ...] = DEFAULT_PAIRS
     answer_tokens: int = 1
     batch: int = 16
 
@@ -67,6 +68,8 @@ class TraceConfig:
         for pair in self.pairs:
             if pair not in PAIR_NAMES:
                 raise ValueError(f"pair {pair!r} is not one of {', '.join(PAIR_NAMES)}")
+        if not self.pairs or len(set(self.pairs)) != len(self.pairs):
+            raise ValueError("pairs must name at least one pair, each once")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit {self.limit} must be at least 1")
         if self.window is not None and self.window < 0:

@@ -1,10 +1,12 @@
 """Report sections for the analyses beyond the paper: answer tracing and the logit lens.
 
-`trace` (Zhang et al. CVPR 2025, Fig. 2-4 there): per group pair, the mean relative change of the
-answer's probability against the window's start layer, one curve per question category.
-`lens` (Neo et al. ICLR 2025): per layer, the share of on-object tokens whose top-k lens words
-name their object against off-object tokens naming an object of the image, and a viewer that
-writes each token's top word over the picture, layer by layer.
+`trace` (Zhang et al. CVPR 2025): per group pair the run traced (the flows, the
+control `last->last`, or any of them), the mean relative change of the answer's probability
+against the window's start layer, one curve per question category.
+`lens` (Neo et al. ICLR 2025): per layer, on images with object masks (scene world, COCO), the
+share of on-object tokens whose top-k lens words name their object against off-object tokens
+naming an object of the image, and a viewer that writes each token's top word over the picture,
+layer by layer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmflow.analysis import PAIR_NAMES
+from vlmflow.analysis import CONTROL_PAIRS, PAIR_NAMES
 from vlmflow.report.figures import Stat, pyplot
 from vlmflow.report.page import Column, esc, paragraph, table
 from vlmflow.report.pictures import data_uri, placeholder, thumbnail
@@ -107,7 +109,12 @@ def trace(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
             f"{len(records)} questions over {len(rows)} (image, kind) results; the answer "
             f"(first greedy token) has mean probability {probability.mean:.3f} without "
             "knockout. Groups: image; question (the text after the image but the last "
-            "position); last (the position that predicts the answer).",
+            "position); last (the position that predicts the answer)."
+            + (
+                " last->last is the control: the last position's attention to itself."
+                if any(p in CONTROL_PAIRS for p in pairs)
+                else ""
+            ),
             "muted",
         )
     )
@@ -163,7 +170,8 @@ def lens(ctx: Context, run: RunInfo, rows: Sequence[Row]) -> list[str]:
         blocks.append(
             paragraph(
                 f"{int(on_tokens.sum())} on-object and {int(off_tokens.sum())} off-object "
-                "tokens; names, synonyms and plurals as the scene judge knows them.",
+                "tokens; names, synonyms and plurals as the scene judge (scenes) or the COCO "
+                "categories (COCO images) know them.",
                 "muted",
             )
         )
@@ -265,4 +273,3 @@ LENS_SCRIPT = r"""
   draw();
 })();
 """
-

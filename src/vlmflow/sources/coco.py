@@ -9,7 +9,8 @@ the file. An image's id is its `file_name`, stable across machines.
 The masks of a detail are the union of the instances of the COCO category that names it, read
 from the same file: polygons are drawn with PIL and RLE (compressed or not) decoded with numpy,
 so pycocotools is not needed. Names map to categories through the category names, a small
-synonym table (`data/coco.json`: "man" -> person) and plurals.
+synonym table (`data/coco.json`: "man" -> person) and plurals. The logit lens (`lens`) reads
+every category's mask of an image the same way (`CocoMasks.objects`).
 """
 
 from __future__ import annotations
@@ -291,8 +292,35 @@ def coco_vocabulary(categories: Iterable[str]) -> SceneVocabulary:
     return SceneVocabulary.from_mapping({c: synonyms.get(c, ()) for c in categories})
 
 
+def category_masks(
+    index: CocoIndex, coco_id: int, category: str | None = None
+) -> dict[str, np.ndarray]:
+    """Category name -> (H, W) bool union of its instances in image `coco_id`, in the order the
+    categories first appear in the annotations (only `category` when given; {} if absent)."""
+    image = index.by_id[coco_id]
+    found: dict[str, list[Any]] = {}
+    for c, segmentation in index.annotations.get(coco_id, ()):
+        name = index.categories.get(c)
+        if name is not None and category in (None, name):
+            found.setdefault(name, []).append(segmentation)
+    return {
+        name: np.logical_or.reduce(
+            [decode_segmentation(s, image.height, image.width) for s in parts]
+        )
+        for name, parts in found.items()
+    }
+
+
+def _coco_ref(item: WorkItem) -> CocoRef:
+    ref: ImageRef = item.payload["image"]
+    if not isinstance(ref, CocoRef):
+        raise VlmflowError(f"{item.item_id} is not a COCO image: masks=coco needs --images {USAGE}")
+    return ref
+
+
 class CocoMasks:
-    """`masks=coco`: a detail's mask is the union of its category's instances in the image."""
+    """`masks=coco`: a detail's mask is the union of its category's instances in the image;
+    `objects` lists every category's (for the logit lens's on/off-object shares)."""
 
     name = COCO
 
@@ -330,22 +358,18 @@ class CocoMasks:
         return tuple(s for s, c in self._vocab().surface.items() if c == category)
 
     def mask(self, item: WorkItem, name: str) -> np.ndarray | None:
-        ref: ImageRef = item.payload["image"]
-        if not isinstance(ref, CocoRef):
-            raise VlmflowError(
-                f"{item.item_id} is not a COCO image: masks=coco needs --images {USAGE}"
-            )
         category = self.category(name)
         if category is None:
             return None
-        index = self._index()
-        annotations = index.annotations.get(ref.coco_id, ())
-        segmentations = [s for c, s in annotations if index.categories.get(c) == category]
-        if not segmentations:
-            return None
-        image = index.by_id[ref.coco_id]
-        masks = [decode_segmentation(s, image.height, image.width) for s in segmentations]
-        return np.logical_or.reduce(masks)  # (H, W) every instance
+        return category_masks(self._index(), _coco_ref(item).coco_id, category).get(category)
+
+    def objects(self, item: WorkItem) -> list[tuple[str, np.ndarray]]:
+        """(category, (H, W) bool union of its instances) of every category in the image."""
+        return list(category_masks(self._index(), _coco_ref(item).coco_id).items())
+
+    def canonical(self, word: str) -> str | None:
+        """The category a word or phrase names (itself, a synonym, a plural), else None."""
+        return self._vocab().canonical(word)
 
     def _index(self) -> CocoIndex:
         if self._source is None:
