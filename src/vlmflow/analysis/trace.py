@@ -134,29 +134,6 @@ def trace(
     position (the last prompt position must follow at least one other text position after the
     image).
     """
-    prompt = handle.prepare(image, question)
-    return trace_prompt(
-        handle,
-        prompt,
-        window=window,
-        pairs=pairs,
-        answer_tokens=answer_tokens,
-        knockout=knockout,
-        batch=batch,
-    )
-
-
-def trace_prompt(
-    handle: Handle,
-    prompt: Prompt,
-    *,
-    window: int | None = None,
-    pairs: Sequence[str] = DEFAULT_PAIRS,
-    answer_tokens: int = 1,
-    knockout: Knockout | Sequence[Knockout] = (),
-    batch: int = 16,
-) -> Trace:
-    """`trace` on a prepared one-row prompt (its text is the question)."""
     for pair in pairs:
         if pair not in PAIRS:
             raise VlmflowError(f"unknown trace pair {pair!r}: choose from {', '.join(PAIRS)}")
@@ -166,8 +143,7 @@ def trace_prompt(
         raise VlmflowError(f"answer_tokens={answer_tokens}: score at least one answer token")
     if batch < 1:
         raise VlmflowError(f"batch={batch}: run at least one row per forward pass")
-    if prompt.input_ids.shape[0] != 1:
-        raise VlmflowError("trace runs one prompt: prepare a single image and question")
+    prompt = handle.prepare(image, question)
     standing = [knockout] if isinstance(knockout, Knockout) else list(knockout)
     num_layers = handle.num_layers
     width = default_window(num_layers) if window is None else int(window)

@@ -20,15 +20,7 @@ from typing import Any
 
 from vlmflow.analysis import DEFAULT_PAIRS, PAIR_NAMES
 from vlmflow.errors import VlmflowError
-from vlmflow.experiments.protocol import (
-    Context,
-    Result,
-    WorkItem,
-    as_tuples,
-    image_items,
-    parse_config,
-    result_config,
-)
+from vlmflow.experiments import protocol
 from vlmflow.sources import ImageRef, ImageSource
 from vlmflow.sources.scenes import SceneRef
 
@@ -102,12 +94,12 @@ class TraceExperiment:
     needs_model = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        opts = as_tuples(dict(options or {}), "questions", "ask", "pairs")
-        self.options = parse_config(TraceConfig, opts, self.name)
-        self.config = result_config(self.options)
+        opts = protocol.as_tuples(dict(options or {}), "questions", "ask", "pairs")
+        self.options = protocol.parse_config(TraceConfig, opts, self.name)
+        self.config = protocol.result_config(self.options)
 
-    def items(self, source: ImageSource) -> Iterable[WorkItem]:
-        items = image_items(source)
+    def items(self, source: ImageSource) -> Iterable[protocol.WorkItem]:
+        items = protocol.image_items(source)
         asks = "ask" in self.options.questions
         if not asks and not all(item.payload["image"].has_questions for item in items):
             raise VlmflowError(
@@ -116,7 +108,7 @@ class TraceExperiment:
             )
         return items
 
-    def settings(self, item: WorkItem) -> Sequence[str]:
+    def settings(self, item: protocol.WorkItem) -> Sequence[str]:
         ref: ImageRef = item.payload["image"]
         kinds = []
         for kind in self.options.questions:
@@ -127,7 +119,9 @@ class TraceExperiment:
             kinds.append(kind)
         return kinds
 
-    def run(self, handle: Any, item: WorkItem, setting: str, context: Context) -> Result:
+    def run(
+        self, handle: Any, item: protocol.WorkItem, setting: str, context: protocol.Context
+    ) -> protocol.Result:
         from vlmflow.analysis.trace import trace
 
         ref: ImageRef = item.payload["image"]
@@ -166,7 +160,7 @@ class TraceExperiment:
         for pair in self.options.pairs:
             lows = [min(r["change"][pair]) for r in records]
             metrics[f"{pair} min change"] = round(sum(lows) / len(lows), DIGITS)
-        return Result(
+        return protocol.Result(
             metrics=metrics,
             payload={"starts": starts, "window": t.window, "questions": records},
         )
