@@ -3,11 +3,13 @@ a checkpoint folder's contents are part of its run identity."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,6 @@ from vlmflow.store.runs import checkpoint_digest
 SPEC = RunSpec("toy", "tiny-model", "scenes:80", {"k": 0.05})
 PAGE = 4096
 ROWS = 300
-TOY = Path(__file__).resolve().parents[1] / "experiments" / "toy_experiment.py"
 
 
 def _fill(folder: Path, rows: int = ROWS) -> dict[str, tuple[object, ...]]:
@@ -114,7 +115,7 @@ def test_report_on_a_corrupt_store_is_one_line(
     assert len(err.splitlines()) == 1 and "--repair" in err and "Traceback" not in err
 
 
-def test_the_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> None:
+def test_the_lock_without_wait_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> None:
     store = tmp_path / "results.sqlite3"
     code = (
         "import sys, time; from pathlib import Path; from vlmflow.store.lock import run_lock\n"
@@ -125,37 +126,81 @@ def test_the_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> N
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(VlmflowError, match=f"pid {holder.pid}"), run_lock(store):
+        with pytest.raises(VlmflowError, match=f"pid {holder.pid}"), run_lock(store, wait=False):
             pass
     finally:
         holder.kill()
         holder.wait()
-    with run_lock(store):  # the kernel released it with the process
+    with run_lock(store, wait=False):  # the kernel released it with the process
         pass
 
 
-def test_two_runs_into_one_out_do_not_duplicate_work(tmp_path: Path) -> None:
-    config = tmp_path / "toy.json"
-    config.write_text(json.dumps({"toy": {"count": 6, "sleep_ms": 300, "fail_item": "none"}}))
-    out = tmp_path / "out"
-    argv = [sys.executable, str(TOY), "toy", "--out", str(out), "--config", str(config)]
-    argv.append("--no-progress")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOY.parent), *sys.path])}
-    first = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+@contextlib.contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """Hold `out`'s store lock from this process, as a running `vlmflow run` would."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.sqlite3.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _run_process(tiny: Path, tmp_path: Path, out: Path) -> subprocess.Popen[str]:
+    config = tmp_path / "short.json"
+    config.write_text('{"fractions": {"max_new_tokens": 2}}')
+    argv = [sys.executable, "-m", "vlmflow", "run", "fractions", "--images", "scenes:2"]
+    argv += ["--model", str(tiny), "--out", str(out), "--config", str(config), "--no-progress"]
+
+    def default_sigint() -> None:  # a background shell may start children with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,
     )
-    lock = out / "results.sqlite3.lock"
-    deadline = time.monotonic() + 60
-    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    out1, err1 = first.communicate(timeout=120)
-    assert first.returncode == 0, err1
-    assert second.returncode == 1
-    assert "another vlmflow run" in second.stderr and len(second.stderr.strip().splitlines()) == 1
-    assert "12 done" in out1
+
+
+def _await_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    return proc.stderr.readline()
+
+
+def test_two_runs_into_one_out_wait_and_compute_each_item_once(
+    tiny_path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    with _held(out):  # both runs start while the folder is busy, so both must wait
+        runs = [_run_process(tiny_path("llava"), tmp_path, out) for _ in range(2)]
+        waiting = [_await_line(proc) for proc in runs]
+    assert all(f"waiting for pid {os.getpid()}" in line for line in waiting), waiting
+    ends = [proc.communicate(timeout=300) for proc in runs]
+    assert [proc.returncode for proc in runs] == [0, 0], ends
+    # once released, one run computes both items and the other, waiting on it, finds them done
+    counts = sorted(line for stdout, _ in ends for line in stdout.splitlines() if " done" in line)
+    assert counts[0].startswith("0 done, 0 failed, 2 already done"), counts
+    assert counts[1].startswith("2 done, 0 failed, 0 already done"), counts
+    assert all("waiting" not in stderr for _, stderr in ends)  # said once, before the wait
     with ResultStore.open(out) as store:
-        assert store.count() == (12, 0)
+        assert store.count() == (2, 0)
+        items = [row.item for row in store.rows()]
+    assert len(items) == len(set(items)) == 2
+
+
+def test_ctrl_c_while_waiting_ends_in_one_line_and_writes_nothing(
+    tiny_path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    with _held(out):
+        proc = _run_process(tiny_path("llava"), tmp_path, out)
+        assert "waiting for pid" in _await_line(proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["vlmflow run: interrupted"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.sqlite3.lock"]  # no store made
 
 
 def test_checkpoint_digest_changes_when_weights_are_replaced(tmp_path: Path) -> None:
