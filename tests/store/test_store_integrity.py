@@ -158,7 +158,10 @@ def _run_process(tiny: Path, tmp_path: Path, out: Path) -> subprocess.Popen[str]
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=default_sigint,
     )
 
@@ -168,9 +171,7 @@ def _await_line(proc: subprocess.Popen[str]) -> str:
     return proc.stderr.readline()
 
 
-def test_two_runs_into_one_out_wait_and_compute_each_item_once(
-    tiny_path, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_two_runs_into_one_out_wait_and_compute_each_item_once(tiny_path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     with _held(out):  # both runs start while the folder is busy, so both must wait
         runs = [_run_process(tiny_path("llava"), tmp_path, out) for _ in range(2)]
