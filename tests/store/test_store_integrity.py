@@ -17,6 +17,7 @@ import pytest
 from vlmflow.errors import VlmflowError
 from vlmflow.store import ResultKey, ResultStore, RunSpec
 from vlmflow.store.lock import run_lock
+from vlmflow.store.merge import merge
 from vlmflow.store.repair import repair
 from vlmflow.store.runs import checkpoint_digest
 
@@ -90,6 +91,35 @@ def test_flipped_bytes_in_a_payload_are_detected_and_that_row_dropped(tmp_path: 
     with ResultStore.open(tmp_path) as store:
         kept = {r.item: r.content() for r in store.rows()}
     assert set(before) - set(kept) == {"item-0007"}
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_merge_refuses_a_corrupt_rank_file_and_leaves_the_main_store(
+    tmp_path: Path, partial: bool
+) -> None:
+    _fill(tmp_path, rows=5)  # the main store already holds results of an earlier run
+    main = tmp_path / "results.sqlite3"
+    before = main.read_bytes()
+    for rank in range(2):
+        with ResultStore.open(tmp_path, rank, 2) as store:
+            run = store.add_run(SPEC)
+            for i in range(rank, 120, 2):
+                key = ResultKey(run, "toy", f"ranked-{i:04d}", "s", i, 0)
+                store.put_result(key, {"v": i}, {"marker": f"rank-{i:04d}", "pad": "x" * 200})
+            store.mark_finished()
+    rank1 = tmp_path / "results.rank1.sqlite3"
+    _damage_page_of(rank1, b"rank-0051")
+    with pytest.raises(VlmflowError) as err:
+        merge(tmp_path, partial=partial)
+    message = str(err.value)
+    assert "\n" not in message and str(rank1) in message and "corrupt" in message
+    assert "--repair" in message and "rank 1 again" in message
+    assert main.read_bytes() == before  # not a row of rank 0 went in either
+
+    kept = repair(rank1).kept["results"]  # the recovery the message names
+    assert kept < 60
+    report = merge(tmp_path, partial=partial)
+    assert report.ranks == (0, 1) and report.results_added == 60 + kept
 
 
 def test_run_repair_from_the_command_line(tmp_path: Path) -> None:
