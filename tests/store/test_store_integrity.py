@@ -77,6 +77,74 @@ def test_garbled_page_is_refused_then_repaired_keeping_every_readable_row(tmp_pa
     assert all(kept[item] == before[item] for item in kept)  # kept rows are exact
 
 
+def _page_of_root(path: Path, table: str) -> bytes:
+    """A marker unique to the first page of `table`'s b-tree (its root)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (table,))
+    finally:
+        conn.close()
+    page = path.read_bytes()[(root - 1) * PAGE : root * PAGE]
+    start = page.index(b"payload-")
+    return page[start : start + len("payload-0000")]
+
+
+@pytest.mark.parametrize("where", ["two leaf pages", "the root page and a leaf page"])
+def test_repair_keeps_every_row_outside_several_damaged_pages(tmp_path: Path, where: str) -> None:
+    before = _fill(tmp_path)
+    path = tmp_path / "results.sqlite3"
+    first = _page_of_root(path, "results") if where.startswith("the root") else b"payload-0060"
+    data = path.read_bytes()
+    damaged_pages = {data.index(first) // PAGE, data.index(b"payload-0230") // PAGE}
+    assert len(damaged_pages) == 2
+    on_page = {}  # item -> the page holding its row (a row is ~300 bytes: never split)
+    for item in before:
+        marker = item.replace("item", "payload").encode()
+        assert data.count(marker) == 1
+        on_page[item] = data.index(marker) // PAGE
+    lost = {item for item, page in on_page.items() if page in damaged_pages}
+    assert 0 < len(lost) < ROWS // 4
+    _damage_page_of(path, first)
+    _damage_page_of(path, b"payload-0230")
+
+    report = repair(path)
+    assert report.unreadable == 2 and report.skipped == 0, report.summary()
+    with ResultStore.open(tmp_path) as store:
+        kept = {r.item: r.content() for r in store.rows()}
+        assert [f.item for f in store.failures()] == ["broken"]
+    assert set(kept) == set(before) - lost  # every row outside the two pages, and only those
+    assert all(kept[item] == before[item] for item in kept)
+
+
+def test_repair_reads_rows_still_in_the_wal_between_damaged_pages(tmp_path: Path) -> None:
+    import shutil
+
+    _fill(tmp_path / "src")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    with ResultStore.open(tmp_path / "src") as store:  # five more rows, committed to the WAL
+        run = store.runs()[0].run_id
+        for i in range(5):
+            key = ResultKey(run, "toy", f"item-0150-{i}", "s", 1000 + i, 0)
+            store.put_result(key, {"v": i}, {"marker": f"wal-{i}"})
+        for name in ("results.sqlite3", "results.sqlite3-wal"):  # as a killed run leaves them
+            shutil.copyfile(tmp_path / "src" / name, copy / name)
+    path = copy / "results.sqlite3"
+    assert b"wal-0" not in path.read_bytes() and (copy / "results.sqlite3-wal").stat().st_size
+    _damage_page_of(path, b"payload-0060")
+    _damage_page_of(path, b"payload-0230")
+    damaged_bytes = path.read_bytes()
+
+    report = repair(path)
+    assert report.damaged is not None and report.damaged.read_bytes() == damaged_bytes
+    with ResultStore.open(copy) as store:
+        kept = {r.item for r in store.rows()}
+    assert {f"item-0150-{i}" for i in range(5)} <= kept  # between the damaged pages, in the WAL
+    assert ROWS + 5 - 32 <= len(kept) < ROWS + 5
+
+
 def test_flipped_bytes_in_a_payload_are_detected_and_that_row_dropped(tmp_path: Path) -> None:
     before = _fill(tmp_path, rows=20)
     path = tmp_path / "results.sqlite3"
