@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def main() -> None:
         print(f"{name} store: {size}")
     for key, value in ratios.items():
         print(f"{key:45s} {value:.4g}" + (f"  ({value * 100:.2g}%)" if "wall" in key else ""))
+    shutil.rmtree(work)
     if args.json:
         result = {
             "settings": vars(args) | {"json": None, "cores": os.cpu_count()},

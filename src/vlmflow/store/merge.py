@@ -46,7 +46,9 @@ def merge(out_dir: str | Path, partial: bool = False) -> MergeReport:
     """Fold every `results.rank{R}.sqlite3` of `out_dir` into `results.sqlite3`.
 
     Unless `partial`, every rank of the recorded world size must exist and have finished its
-    shard, so a merge never silently drops a rank that is still running or was lost.
+    shard, so a merge never silently drops a rank that is still running or was lost. Every rank
+    file first passes the check a store gets when opened (`check_integrity`); a damaged one
+    raises VlmflowError naming it and how to recover, before anything is merged.
     """
     out = Path(out_dir)
     files = rank_files(out)
