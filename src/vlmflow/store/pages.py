@@ -28,8 +28,9 @@ _LOCK_BYTE = 1 << 30  # the page holding this file offset is never part of a b-t
 @dataclass
 class Salvage:
     """Rows found per table (column values in schema order), and what could not be read:
-    `damaged_pages` pages that are not b-tree pages or whose header is broken, and
-    `damaged_cells` single cells (rows) on otherwise sound pages that did not decode."""
+    `damaged_pages` pages of the file that are not sound b-tree pages (nor overflow pages of a
+    row that was read), and `damaged_cells` single cells (rows) on sound pages that did not
+    decode."""
 
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     damaged_pages: int = 0
@@ -62,10 +63,12 @@ def salvage(data: bytes | memoryview, tables: dict[str, tuple[int, bool]]) -> Sa
     for name, (width, without_rowid) in tables.items():
         key = (without_rowid, width)
         signature[key] = None if key in signature else name  # ambiguous: attribute to none
+    unparsed = []
     for number in sorted(set(range(2, file.pages + 1)) - reached - file.free_pages()):
-        if number == file.lock_page:
-            continue
-        file.orphan(number, found, signature, reached)
+        if number != file.lock_page and not file.orphan(number, found, signature, reached):
+            unparsed.append(number)
+    # overflow pages of orphan rows were reached meanwhile; the rest cannot be read
+    found.damaged_pages += sum(1 for number in unparsed if number not in reached)
     widths = {name: width for name, (width, _) in tables.items()}
     for name, rows in found.rows.items():
         kept = [row for row in rows if len(row) == widths[name]]
@@ -149,13 +152,13 @@ class _File:
         found: Salvage,
         signature: dict[tuple[bool, int], str | None],
         reached: set[int],
-    ) -> None:
-        """The rows on a page no tree reaches, given to the table they match, if one does."""
+    ) -> bool:
+        """The rows on a page no tree reaches, given to the table they match, if one does;
+        False when it is not a b-tree page."""
         try:
             page, kind, cells, _ = self._header(number)
         except (ValueError, IndexError):
-            found.damaged_pages += 1
-            return
+            return False
         for offset in cells:
             try:
                 _, record = self._cell(page, kind, offset, reached)
@@ -167,6 +170,7 @@ class _File:
             table = signature.get((kind in (_LEAF_INDEX, _INTERIOR_INDEX), len(record)))
             if table is not None:
                 found.rows[table].append(record)
+        return True
 
     def _header(self, number: int) -> tuple[bytes, int, list[int], int]:
         """(page, kind, cell offsets, right-most child or 0) of a b-tree page."""

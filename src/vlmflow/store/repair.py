@@ -57,7 +57,7 @@ class RepairReport:
         kept = ", ".join(f"{n} {table}" for table, n in self.kept.items() if table != "meta")
         return (
             f"repaired {self.path}: kept {kept}; {self.skipped} row(s) that did not decode "
-            f"skipped, {self.unreadable} damaged page(s) or cell(s) unreadable; the damaged "
+            f"skipped, {self.unreadable} page(s) or cell(s) could not be read; the damaged "
             f"file is {self.damaged}"
         )
 
