@@ -325,6 +325,7 @@ CLI: dict[str, tuple[list[str], str]] = {
     "run out under a file": ([*RUN[:-1], "{root}/a-file/out"], "not a folder"),
     "run corrupt store": ([*RUN[:-1], "{stores}/corrupt"], "--repair"),
     "run garbage store": ([*RUN[:-1], "{stores}/garbage"], "another --out"),
+    "run merge no-wait": (["run", "--merge", "--no-wait", "--out", "{root}/fresh/m"], "--no-wait"),
     # run: --export
     "run export txt": ([*RUN, "--export", "{root}/t.txt"], ".csv or .parquet"),
     "run export existing": ([*RUN, "--export", "{root}/existing.csv"], "--force"),
@@ -520,12 +521,13 @@ def test_cli_bad_input(case: str, guarded: dict[str, str], capsys: Any) -> None:
     )
 
 
-def test_cli_lock_refuses_a_second_run(guarded: dict[str, str], capsys: Any) -> None:
+def test_cli_lock_with_no_wait_refuses_a_second_run(guarded: dict[str, str], capsys: Any) -> None:
     from vlmflow.store.lock import run_lock
 
     out = Path(guarded["stores"]) / "keep"
+    argv = ["run", "check", "--images", "scenes:2", "--out", str(out), "--no-wait"]
     with run_lock(out / "results.sqlite3"):  # another open file description: a second holder
-        code, err = _cli(["run", "check", "--images", "scenes:2", "--out", str(out)], capsys)
+        code, err = _cli(argv, capsys)
     _check_failure(code, err, "another vlmflow run")
 
 

@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--merge", action="store_true", help="merge per-rank stores and exit")
     parser.add_argument("--partial", action="store_true", help="with --merge: allow unfinished")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="when another run is writing the same --out, stop at once instead of waiting for "
+        "it and then resuming",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list", action="store_true", help="list experiments and exit")
 
@@ -99,9 +105,11 @@ def run(args: argparse.Namespace) -> int:
         for name in registry.names():
             print(f"{name:16s} {registry.EXPERIMENTS[name].help}")
         return 0
+    if args.no_wait and args.merge:
+        raise VlmflowError("--no-wait applies to a run or --repair, not to --merge: drop it")
     out = output_folder(args.out)
     if args.repair:
-        return _repair(out)
+        return _repair(out, wait=not args.no_wait)
     if args.export:
         output_file(args.export, "--export", args.force or False, (".csv", ".parquet"))
     positive_seconds(args.rank_timeout, "--rank-timeout")
@@ -178,7 +186,7 @@ def _run_shard(
         report = merge(out, partial=True)
         print(f"merged per-rank stores {list(report.ranks)} into {report.path} first")
     with (
-        run_lock(store_path(out, shard.rank, shard.world_size)),
+        run_lock(store_path(out, shard.rank, shard.world_size), wait=not args.no_wait),
         ResultStore.open(out, shard.rank, shard.world_size) as store,
     ):
         runner = Runner(
@@ -229,7 +237,7 @@ def _export(args: argparse.Namespace, out: Path) -> None:
     print(f"wrote {n} rows to {target}")
 
 
-def _repair(out: Path) -> int:
+def _repair(out: Path, wait: bool = True) -> int:
     """`--repair`: rebuild each damaged store file of `out` from its readable rows."""
     from vlmflow.errors import VlmflowError
     from vlmflow.store import MAIN_FILE, rank_files
@@ -241,7 +249,7 @@ def _repair(out: Path) -> int:
     if not files:
         raise VlmflowError(f"no results store in {out}: give the --out folder of a run")
     for file in files:
-        with run_lock(file):
+        with run_lock(file, wait=wait):
             print(repair(file).summary())
     return 0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmflow.errors import VlmflowError
-from vlmflow.store.results import MAIN_FILE, ResultStore
+from vlmflow.store.results import MAIN_FILE, CorruptStoreError, ResultStore, ShardInfo
 
 _RANK_FILE = re.compile(r"results\.rank(\d+)\.sqlite3$")
 _KEY = "run_id, experiment, item, setting"
@@ -46,14 +46,17 @@ def merge(out_dir: str | Path, partial: bool = False) -> MergeReport:
     """Fold every `results.rank{R}.sqlite3` of `out_dir` into `results.sqlite3`.
 
     Unless `partial`, every rank of the recorded world size must exist and have finished its
-    shard, so a merge never silently drops a rank that is still running or was lost.
+    shard, so a merge never silently drops a rank that is still running or was lost. Every rank
+    file first passes the check a store gets when opened (`check_integrity`); a damaged one
+    raises VlmflowError naming it and how to recover, before anything is merged.
     """
     out = Path(out_dir)
     files = rank_files(out)
     if not files:
         raise VlmflowError(f"no per-rank stores (results.rank*.sqlite3) in {out}: check --out")
+    infos = _checked(files)
     if not partial:
-        _check_complete(files)
+        _check_complete(files, infos)
     # Exclusive, so attached rank files are read without a shared-memory WAL index.
     with ResultStore(out / MAIN_FILE, exclusive=True, busy_timeout_s=RANK_BUSY_S) as main:
         before = main.count()
@@ -87,16 +90,30 @@ def _merge_attached(main: ResultStore) -> None:
         )
 
 
-def _check_complete(files: dict[int, Path]) -> None:
-    world_sizes = set()
+def _checked(files: dict[int, Path]) -> dict[int, ShardInfo | None]:
+    """rank -> its shard record, each rank file first passing the check every store gets
+    when opened (`check_integrity`): a damaged rank is refused before anything is merged, so
+    the main store is left as it was."""
+    infos = {}
     for rank, path in files.items():
         try:
             with ResultStore(
                 path, exclusive=True, create=False, busy_timeout_s=RANK_BUSY_S
             ) as store:
-                info = store.shard_info()
+                infos[rank] = store.shard_info()
+        except CorruptStoreError as err:
+            raise VlmflowError(
+                f"cannot merge rank {rank}, nothing merged: {err}; or run rank {rank} again"
+            ) from None
         except VlmflowError as err:
             raise VlmflowError(f"cannot read rank {rank}: {err}") from None
+    return infos
+
+
+def _check_complete(files: dict[int, Path], infos: dict[int, ShardInfo | None]) -> None:
+    world_sizes = set()
+    for rank, path in files.items():
+        info = infos[rank]
         if info is None or not info.finished:
             raise VlmflowError(
                 f"rank {rank} has not finished ({path}): run it to completion, "

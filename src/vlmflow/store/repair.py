@@ -2,19 +2,27 @@
 
 The damaged file is moved aside (`results.sqlite3.damaged-<unix time>`, with its WAL) and never
 deleted; a fresh store takes every run, result (with its blobs) and failure whose row reads
-and decodes. Each table is read forwards up to a damaged page and backwards from its end up to
-it, so one damaged page costs only the rows on it.
+and decodes. Rows are gathered two ways and united by key: SQL reads each table forwards up to
+its first damaged page and backwards from its end up to its last, and `pages.salvage` walks the
+b-tree pages themselves, so rows between two (or any number of) damaged regions are kept too.
+Only the rows on damaged pages (and cells) are lost, and the report says how many pages and
+cells could not be read.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlmflow.errors import VlmflowError
+from vlmflow.store.pages import Salvage, salvage
 from vlmflow.store.results import SCHEMA, SCHEMA_VERSION, _decode_row, check_integrity
 
 # Primary-key columns per table, in key order.
@@ -29,20 +37,28 @@ _KEYS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class RepairReport:
-    """What a repair kept (rows per table), where the damaged file went, what it skipped."""
+    """What a repair kept (rows per table), where the damaged file went, what it skipped.
+
+    `skipped`: rows that were read but did not decode (or blobs of a result not kept);
+    `unreadable`: damaged pages and cells whose rows could not be read at all (when the pages
+    themselves could not be walked: damaged regions SQL met, each costing an unknown number
+    of rows).
+    """
 
     path: Path
     damaged: Path | None
     kept: dict[str, int]
     skipped: int
+    unreadable: int = 0
 
     def summary(self) -> str:
         if self.damaged is None:
             return f"{self.path} is intact: nothing to repair"
         kept = ", ".join(f"{n} {table}" for table, n in self.kept.items() if table != "meta")
         return (
-            f"repaired {self.path}: kept {kept}; {self.skipped} unreadable row(s) or page(s) "
-            f"skipped; the damaged file is {self.damaged}"
+            f"repaired {self.path}: kept {kept}; {self.skipped} row(s) that did not decode "
+            f"skipped, {self.unreadable} page(s) or cell(s) could not be read; the damaged "
+            f"file is {self.damaged}"
         )
 
 
@@ -70,11 +86,16 @@ def repair(path: str | Path) -> RepairReport:
         target.execute("PRAGMA journal_mode=WAL")
         target.executescript(SCHEMA)
         target.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        salvaged = _salvage(damaged, _shapes(target))
+        unreadable = 0 if salvaged is None else salvaged.damaged_pages + salvaged.damaged_cells
         target.execute("BEGIN")
         results: set[tuple[Any, ...]] = set()
         for table in ("runs", "results", "failures", "meta", "blobs"):
             rows, lost = _readable_rows(source, table)
-            skipped += lost
+            if salvaged is None:
+                unreadable += lost
+            else:
+                rows = _united(table, rows, salvaged.rows[table])
             count = 0
             for row in rows:
                 if table == "results":
@@ -95,7 +116,55 @@ def repair(path: str | Path) -> RepairReport:
     finally:
         source.close()
         target.close()
-    return RepairReport(file, damaged, kept, skipped)
+    return RepairReport(file, damaged, kept, skipped, unreadable)
+
+
+def _shapes(conn: sqlite3.Connection) -> dict[str, tuple[int, bool]]:
+    """table -> (column count, WITHOUT ROWID) of the store's schema, as `salvage` takes it."""
+    shapes = {}
+    for table in _KEYS:
+        width = len(conn.execute(f"SELECT * FROM {table} LIMIT 0").description)
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name=?", (table,)).fetchone()[0]
+        shapes[table] = (width, "WITHOUT ROWID" in sql.upper())
+    return shapes
+
+
+def _salvage(damaged: Path, shapes: dict[str, tuple[int, bool]]) -> Salvage | None:
+    """`pages.salvage` on the damaged file as SQLite sees it: with a WAL, on a copy into
+    which the WAL is checkpointed first (the damaged file itself stays as it was)."""
+    wal = damaged.with_name(damaged.name + "-wal")
+    with tempfile.TemporaryDirectory(dir=damaged.parent) as tmp:
+        file = damaged
+        if wal.is_file() and wal.stat().st_size > 0:
+            file = Path(tmp) / "copy.sqlite3"
+            shutil.copyfile(damaged, file)
+            shutil.copyfile(wal, file.with_name(file.name + "-wal"))
+            try:
+                conn = sqlite3.connect(file, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError:
+                pass  # the pages without the WAL's newer versions: still every sound row there
+        with file.open("rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            with (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data,
+                memoryview(data) as view,
+            ):
+                return salvage(view, shapes)
+
+
+def _united(
+    table: str, read: list[tuple[Any, ...]], salvaged: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Rows SQL read, plus those only the page walk found, in key order."""
+    width = len(_KEYS[table])
+    rows = {tuple(row[:width]): row for row in salvaged}
+    rows.update((tuple(row[:width]), row) for row in read)
+    return [rows[key] for key in sorted(rows, key=_sort_key)]
 
 
 def _intact(file: Path) -> bool:

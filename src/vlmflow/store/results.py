@@ -205,7 +205,7 @@ class ResultStore:
         try:
             self._conn = _connect(self.path, self.exclusive, self.busy_timeout_s, existed)
         except StoreCorrupt as err:
-            raise VlmflowError(
+            raise CorruptStoreError(
                 f"{self.path} is corrupt ({err}): run `vlmflow run --repair --out "
                 f"{self.path.parent}` to keep every readable result (the damaged file is kept "
                 "beside it)"
@@ -482,6 +482,10 @@ class ResultStore:
             )
 
 
+class CorruptStoreError(VlmflowError):
+    """A store file failed `check_integrity` when opened; the message says how to recover."""
+
+
 class StoreCorrupt(Exception):
     """`check_integrity` found damage (the message says what)."""
 
@@ -527,7 +531,8 @@ def check_integrity(conn: sqlite3.Connection) -> str | None:
     try:
         found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
         if found != ["ok"]:
-            return "; ".join(str(f) for f in found)[:200]
+            # one line: SQLite puts line breaks inside its findings
+            return "; ".join(" ".join(str(f).split()) for f in found)[:200]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for table, columns in (("results", "metrics, payload"), ("failures", "message")):
             if table not in tables:
