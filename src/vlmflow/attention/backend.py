@@ -29,6 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from vlmflow.attention import guard
 from vlmflow.attention.knockout import blocked
 from vlmflow.errors import VlmflowError
 
@@ -176,6 +177,7 @@ def attention(
             or sink attention), or capture over a batch that is not one row per prompt row
             (num_beams or num_return_sequences > 1).
     """
+    guard.record(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)

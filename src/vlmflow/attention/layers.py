@@ -6,6 +6,7 @@ Layers are 0-indexed and ranges inclusive, as in the paper's "l not in [20, 40]"
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vlmflow.errors import VlmflowError
@@ -65,6 +66,17 @@ class Layers:
 
     def __str__(self) -> str:
         return self.spec
+
+
+def spans(layers: Iterable[int]) -> str:
+    """Layer indices as inclusive ranges: [0, 1, 2, 5] -> '0-2, 5'; [] -> 'none'."""
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if runs and runs[-1][1] == layer - 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 ALL = Layers("all")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vlmflow.attention import backend
+from vlmflow.attention import backend, guard
 from vlmflow.attention.capture import Capture, CaptureResult, Recorder
 from vlmflow.attention.knockout import Knockout, ResolvedKnockout
 from vlmflow.errors import VlmflowError
@@ -69,11 +69,15 @@ class Session:
                 raise VlmflowError(
                     f"knockout {spec} names rows the prompt does not have: it has {batch} row(s)"
                 )
+        for ko, spec in zip(self.knockouts, knockouts, strict=True):
+            guard.check(handle, prompt, ko.layers, f"knockout {spec}")
         self._touched = frozenset().union(*(k.layers for k in self.knockouts))
         self.recorder: Recorder | None = None
         if capture is not None:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
-            self._touched |= self.recorder.fraction_layers | self.recorder.image_layers
+            captured = self.recorder.fraction_layers | self.recorder.image_layers
+            guard.check(handle, prompt, captured, "capture")
+            self._touched |= captured
         self._codes = layout.codes.to(handle.device)
         self._by_device: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
@@ -194,14 +198,11 @@ class Session:
         layer = int(getattr(module, "layer_idx", -1))
         if layer in self._checked:
             return
-        if getattr(module, "sliding_window", None) or kwargs.get("sliding_window"):
+        reason = guard.unsupported(module, kwargs)
+        if reason:
             raise VlmflowError(
-                f"layer {layer} uses sliding-window attention, whose cache drops key positions:"
-                " knockout and capture support full-attention layers only"
-            )
-        if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-            raise VlmflowError(
-                f"layer {layer} uses soft-capped or sink attention, which capture cannot reproduce"
+                f"layer {layer} uses {reason}: knockout and capture act on full softmax"
+                " attention layers only"
             )
         self._checked.add(layer)
 
