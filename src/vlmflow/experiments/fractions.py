@@ -53,8 +53,6 @@ class DescribeConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 2:
             raise ValueError(f"max_new_tokens must be an integer >= 2, got {self.max_new_tokens!r}")
-        # canonical spelling, so equal specs give the same run id
-        object.__setattr__(self, "layers", Layers.parse(str(self.layers)).spec)
 
 
 @dataclass(frozen=True)

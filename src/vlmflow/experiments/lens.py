@@ -38,13 +38,6 @@ class LensConfig:
     top_k: int = 5
     layers: str = "all"
 
-    def __post_init__(self) -> None:
-        from vlmflow.attention.layers import Layers
-
-        if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        object.__setattr__(self, "layers", Layers.parse(str(self.layers)).spec)
-
 
 @dataclass(frozen=True)
 class Naming:

@@ -86,7 +86,10 @@ T = TypeVar("T")
 
 # Options that count something (tokens, a stride, a batch): 0 or less would do nothing or fail
 # late, so they are refused with the type check.
-COUNT_OPTIONS = frozenset({"max_new_tokens", "answer_tokens", "step", "batch", "size"})
+COUNT_OPTIONS = frozenset({"max_new_tokens", "answer_tokens", "step", "batch", "size", "top_k"})
+# options holding one layer spec (`all`, `from:L`, ...), stored in its canonical spelling so
+# that equal specs give the same run id
+LAYER_OPTIONS = frozenset({"layers"})
 
 
 def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experiment: str) -> C:
@@ -112,6 +115,11 @@ def parse_config(config_type: type[C], options: Mapping[str, Any] | None, experi
                 f"option {name} = {value} of experiment {experiment} must be at least 1: fix it "
                 "in the config file"
             )
+    for name in LAYER_OPTIONS & set(options):
+        if isinstance(options[name], str):
+            from vlmflow.attention.layers import Layers
+
+            options[name] = Layers.parse(options[name]).spec
     try:
         return config_type(**options)
     except (TypeError, ValueError) as err:

@@ -15,6 +15,7 @@ that (or without a sound header page) yields None, and repair falls back to SQL 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,12 +133,7 @@ class _File:
                 found.damaged_pages += 1
                 continue
             children = []
-            for offset in cells:
-                try:
-                    child, record = self._cell(page, kind, offset, reached)
-                except (ValueError, IndexError, UnicodeDecodeError, struct.error):
-                    found.damaged_cells += 1
-                    continue
+            for child, record in self._cells(page, kind, cells, reached, found):
                 if child:
                     children.append(child)
                 if record is not None and table is not None:
@@ -159,18 +155,24 @@ class _File:
             page, kind, cells, _ = self._header(number)
         except (ValueError, IndexError):
             return False
-        for offset in cells:
-            try:
-                _, record = self._cell(page, kind, offset, reached)
-            except (ValueError, IndexError, UnicodeDecodeError, struct.error):
-                found.damaged_cells += 1
-                continue
+        for _, record in self._cells(page, kind, cells, reached, found):
             if record is None:
                 continue  # an interior page of a rowid table holds no rows
             table = signature.get((kind in (_LEAF_INDEX, _INTERIOR_INDEX), len(record)))
             if table is not None:
                 found.rows[table].append(record)
         return True
+
+    def _cells(
+        self, page: bytes, kind: int, cells: list[int], reached: set[int], found: Salvage
+    ) -> Iterator[tuple[int, tuple[Any, ...] | None]]:
+        """(child page or 0, record or None) of each cell that decodes; the others are counted
+        in `found.damaged_cells`."""
+        for offset in cells:
+            try:
+                yield self._cell(page, kind, offset, reached)
+            except (ValueError, IndexError, UnicodeDecodeError, struct.error):
+                found.damaged_cells += 1
 
     def _header(self, number: int) -> tuple[bytes, int, list[int], int]:
         """(page, kind, cell offsets, right-most child or 0) of a b-tree page."""
