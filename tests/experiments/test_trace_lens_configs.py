@@ -32,6 +32,22 @@ def test_run_ids_of_existing_configs_are_unchanged() -> None:
     assert RunSpec("lens", model, source, lens.config).run_id == "e86a08e21a64f4ec"
 
 
+def test_shipped_configs_give_the_readme_runs() -> None:
+    # README's commands: configs/beyond.toml resumes the stored runs, the control runs alone
+    from vlmflow.experiments.command import _read_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    both = _read_config(str(root / "beyond.toml"), ["trace", "lens"])
+    model, source = "vlmflow-tiny@1-81e16d127a", "scenes:80"
+    trace = create("trace", both["trace"]).config
+    assert RunSpec("trace", model, source, trace).run_id == "ddb1ad8145732b13"
+    assert RunSpec("lens", model, source, create("lens", both["lens"]).config).run_id == (
+        "e86a08e21a64f4ec"
+    )
+    control = create("trace", _read_config(str(root / "beyond-control.toml"), ["trace"])["trace"])
+    assert control.config == {**trace, "pairs": ("last->last",)}
+
+
 def test_bad_pairs_are_refused_in_one_line() -> None:
     for pairs, needle in [([], "at least one pair"), (["image->prefix"], "not one of")]:
         with pytest.raises(VlmflowError, match=needle) as err:
