@@ -193,7 +193,12 @@ class Session:
         """
         if not self._uniform or (q_len > 1 and q_len != kv_len):
             return None
-        acting = tuple(i for i, ko in enumerate(self.knockouts) if layer in ko.layers)
+        # the acting knockouts, with the layer where one blocks a key set of its own per layer
+        acting = tuple(
+            (i, layer if layer in ko.keys else -1)
+            for i, ko in enumerate(self.knockouts)
+            if layer in ko.layers
+        )
         if self._splits_at != kv_len:
             self._splits.clear()
             self._splits_at = kv_len
