@@ -1,7 +1,7 @@
 """Cost of knockout and capture against plain generation, measured side by side in one run.
 
     python bench/core.py [--model vlmflow-tiny] [--images 4,12] [--new-tokens 8] [--repeats 3]
-        [--dense] [--memory-images 4] [--device cpu|cuda] [--json out.json]
+        [--dense] [--memory-images 4] [--shape llava7b] [--device cpu|cuda] [--json out.json]
 
 For each prompt size (`--images`: fixed scenes in one prompt; 4 = 1,062 tokens, 12 = about
 3.1k with vlmflow-tiny) it times, interleaved, plain SDPA generate (the same checkpoint loaded by
@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,56 @@ def images(count: int) -> list[Image.Image]:
         return [
             Image.fromarray((rng.rand(448, 448, 3) * 255).astype("uint8")) for _ in range(count)
         ]
+
+
+# random-weight decoders at real model shapes (`--shape`): LLaVA-1.5-7B's decoder (hidden 4096,
+# 32 heads, 11008 MLP) cut to 4 layers, behind a small CLIP-shaped vision tower that yields
+# LLaVA-1.5's 576 image tokens per image (336 px, patch 14); 5 images = LLaVA-NeXT's 2,880
+SHAPES = {
+    "llava7b": {
+        "text": {
+            "hidden_size": 4096,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 4,
+        },
+        "image_size": 336,
+    },
+}
+
+
+def build_shape(shape: str, folder: Path) -> str:
+    """Write (once) a random-weight checkpoint of `shape` to `folder`; returns its path.
+
+    The tokenizer and processor are those of vlmflow's tiny LLaVA (built locally, nothing is
+    downloaded); its small vocabulary makes the output layer smaller than the real model's.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from vlmflow.models.processors import save_processor
+    from vlmflow.models.tiny import build_tiny
+
+    spec = SHAPES[shape]
+    done = folder / "shape.txt"  # written last: the folder holds the whole checkpoint
+    if done.exists() and done.read_text() == shape:
+        return str(folder)
+    build_tiny("llava", folder)
+    config = AutoConfig.from_pretrained(folder)
+    for k, v in spec["text"].items():
+        setattr(config.text_config, k, v)
+    config.text_config.initializer_range = 0.02
+    config.vision_config.image_size = spec["image_size"]
+    processor = AutoProcessor.from_pretrained(folder)
+    size = spec["image_size"]
+    processor.image_processor.size = {"shortest_edge": size}
+    processor.image_processor.crop_size = {"height": size, "width": size}
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16).eval()
+    model.save_pretrained(folder)
+    save_processor(processor, folder)
+    done.write_text(shape)
+    return str(folder)
 
 
 class PeakRss:
@@ -246,6 +297,14 @@ def measure_memory(model: str, n_images: int, new_tokens: int, device: str) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        help="time a random-weight model of this shape instead of --model (built on first use)",
+    )
+    parser.add_argument(
+        "--shape-dir", type=Path, help="where --shape builds its checkpoint (default: a temp dir)"
+    )
     parser.add_argument("--images", default="4,12", help="images per prompt, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -258,6 +317,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.shape:
+        folder = args.shape_dir or Path(tempfile.gettempdir()) / f"vlmflow-bench-{args.shape}"
+        args.model = build_shape(args.shape, folder)
     if args.variant:
         n = int(args.images)
         print(json.dumps(run_variant(args.variant, args.model, n, args.new_tokens, args.device)))
@@ -274,7 +336,7 @@ def main() -> None:
         if n.strip()
     ]
     result = {
-        "model": args.model,
+        "model": args.shape or args.model,
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "new_tokens": args.new_tokens,
@@ -284,9 +346,9 @@ def main() -> None:
         "memory": memory,
     }
     print(
-        f"model {args.model} on {args.device}, {args.new_tokens} new tokens, median of"
-        f" {args.repeats} interleaved repeats; time / plain SDPA generate (target: knockout"
-        " <= 1.05, capture <= 1.5)"
+        f"model {args.shape or args.model} on {args.device}, {args.new_tokens} new tokens,"
+        f" median of {args.repeats} interleaved repeats; time / plain SDPA generate"
+        " (target: knockout <= 1.05, capture <= 1.5)"
     )
     head = "".join(f"{t['prompt_tokens']:>10} tok" for t in timing)
     print(f"  {'variant':<48}{head}")
