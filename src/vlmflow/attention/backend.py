@@ -30,13 +30,16 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from vlmflow.attention import guard
-from vlmflow.attention.knockout import blocked
+from vlmflow.attention.knockout import Split, blocked
 from vlmflow.errors import VlmflowError
 
 if TYPE_CHECKING:
     from vlmflow.attention.session import Session
 
 NAME = "vlmflow"
+# compute knockouts without a dense (b, 1, q, kv) mask where the roles' spans allow it
+# (`Session.split`); False: always the dense masked pass (the exact reference for tests)
+SPLIT = True
 
 # sessions entered in this context, innermost last; None: this context entered none (a new
 # thread), () : explicitly none (plain attention whatever is open elsewhere)
@@ -158,7 +161,11 @@ def attention(
 
     Inside a session: keys whose role is knocked out for a query's role at this layer are
     removed from that query's mask on top of the causal and padding mask (paper Sec. 4.1,
-    Eq. 3-4: the attention weight becomes exactly 0 and the rest renormalise), and for a
+    Eq. 3-4: the attention weight becomes exactly 0 and the rest renormalise). Where every
+    batch row has the same roles and no padding (`Session.split`), no (b, 1, q, kv) mask is
+    built: the rows run plain causal SDPA and the knocked rows run again over their kept keys
+    only (gathered), so SDPA keeps its causal fast path; elsewhere the dense mask is the exact
+    fallback (padding, knockouts of some batch rows only). For a
     captured step the last query row's softmax weights (b, h, kv) float32, recomputed without
     repeating key-value heads, go to the session's recorder (reduced there to role fractions
     and image rows, paper Sec. 4.3-4.5).
@@ -189,14 +196,23 @@ def attention(
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
     roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
-    present = session.query_role_codes(kv_len - q_len, kv_len)
-    cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
     step = kv_len - session.prompt_length
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)
-    if cut is None:
-        # capture only: the output is SDPA's own; the captured row is the last query, which
-        # sees every key that the given mask lets it see (all of them when the mask is None)
+    split = None
+    if SPLIT and attention_mask is None:
+        split = session.split(layer, q_len, kv_len, query.device)
+    cut = None
+    if split is None:
+        present = session.query_role_codes(kv_len - q_len, kv_len)
+        cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
+    if split is not None and split.groups:
+        out = _split_attention(module, query, key, value, split, scaling, dropout, kwargs)
+        row = split.last_row
+    elif cut is None:
+        # capture only, or nothing knocked out in this call: the output is SDPA's own; the
+        # captured row is the last query, which sees every key that the given mask lets it see
+        # (all of them when the mask is None)
         out, _ = sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -214,6 +230,51 @@ def attention(
         weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
         recorder.record(layer, step, weights, roles)
     return out, None
+
+
+def _split_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    value: torch.Tensor,  # (b, h_kv, kv, d)
+    split: Split,
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:  # (b, q, h, d)
+    """Knockout without a (b, 1, q, kv) mask: plain causal SDPA for every row (unless the groups
+    cover them all), then each group's rows again over its kept keys only, written over."""
+    out = None
+    if not split.covers:
+        out, _ = sdpa_attention_forward(
+            module, query, key, value, None, scaling=scaling, dropout=dropout, **kwargs
+        )
+    plain = {k: v for k, v in kwargs.items() if k != "is_causal"}
+    for group in split.groups:
+        rows = query if group.rows.numel() == query.shape[2] else query.index_select(2, group.rows)
+        keys, values = key, value
+        if group.keys is not None:
+            keys = key.index_select(2, group.keys)  # (b, h_kv, k, d)
+            values = value.index_select(2, group.keys)
+        part, _ = sdpa_attention_forward(
+            module,
+            rows,
+            keys,
+            values,
+            group.mask,
+            scaling=scaling,
+            dropout=dropout,
+            is_causal=False,
+            **plain,
+        )  # (b, r, h, d)
+        if out is None and group.rows.numel() == query.shape[2]:
+            out = part
+        else:
+            if out is None:
+                out = part.new_empty(query.shape[0], query.shape[2], *part.shape[2:])
+            out.index_copy_(1, group.rows, part)
+    assert out is not None  # split.groups is never empty here
+    return out
 
 
 def _last_row_weights(

@@ -149,3 +149,69 @@ def blocked(
         part = rows[:, :, None] & cols[:, None, :]
         out = part if out is None else out | part
     return out
+
+
+@dataclass(frozen=True)
+class Group:
+    """Query rows of one attention call that share one set of kept keys."""
+
+    rows: torch.Tensor  # (r,) long query indices within the call
+    keys: torch.Tensor | None  # (k,) long kept key positions; None: every key, under `mask`
+    mask: torch.Tensor | None  # (1, 1, r, k or kv) bool causal mask; None: all visible
+
+
+@dataclass(frozen=True)
+class Split:
+    """A knockout computed without a (b, 1, q, kv) mask (`vlmflow.attention.backend`): the call
+    runs plain causal attention, then recomputes each group's rows over its kept keys only and
+    writes them over the plain rows. Exact: a row's output depends only on the keys it sees."""
+
+    groups: tuple[Group, ...]  # empty: nothing is knocked out in this call
+    last_row: torch.Tensor | None  # (1, 1, 1, kv) bool keys the last query sees; None: all
+    covers: bool  # the groups hold every query row (no plain pass needed)
+
+
+def row_groups(
+    knockouts: list[ResolvedKnockout],
+    layer: int,
+    codes: torch.Tensor,  # (kv,) role codes of every key position, on the host
+    start: int,  # position of the call's first query; its queries are [start, kv)
+    rows: int,  # prompt rows of the batch
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Query rows grouped by the keys knocked out for them at `layer`, when every batch row has
+    the same ones: [(rows (r,) long absolute positions, blocked (kv,) bool)], one entry per
+    distinct blocked key set (rows with nothing blocked are left out). None: the knockouts
+    differ between batch rows (`rows` naming some rows only), so no shared grouping exists.
+    """
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # per acting knockout: (q,), (kv,)
+    queries = codes[start:].long()
+    for ko in knockouts:
+        if layer not in ko.layers:
+            continue
+        if ko.rows is not None and not set(range(rows)) <= set(ko.rows.tolist()):
+            return None
+        applies = ko.tgt[queries]  # (q,)
+        if not bool(applies.any()):
+            continue
+        if layer in ko.keys:
+            cols = torch.zeros(codes.shape, dtype=torch.bool)
+            pos = ko.keys[layer]
+            cols[pos[pos < codes.shape[0]]] = True
+        else:
+            cols = ko.src[codes.long()]  # (kv,)
+        parts.append((applies, cols))
+    if not parts:
+        return []
+    signature = torch.zeros(queries.shape, dtype=torch.long)  # (q,) bit i: knockout i acts
+    for i, (applies, _) in enumerate(parts):
+        signature |= applies.long() << i
+    groups = []
+    for value in signature.unique().tolist():
+        if value == 0:
+            continue
+        cols = torch.zeros(codes.shape, dtype=torch.bool)
+        for i, (_, part) in enumerate(parts):
+            if value >> i & 1:
+                cols |= part
+        groups.append(((signature == value).nonzero().flatten() + start, cols))
+    return groups

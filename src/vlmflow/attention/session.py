@@ -23,7 +23,7 @@ import torch
 
 from vlmflow.attention import backend, guard
 from vlmflow.attention.capture import Capture, CaptureResult, Recorder
-from vlmflow.attention.knockout import Knockout, ResolvedKnockout
+from vlmflow.attention.knockout import Group, Knockout, ResolvedKnockout, Split, row_groups
 from vlmflow.errors import VlmflowError
 from vlmflow.models.layout import PromptLayout
 from vlmflow.roles import Role
@@ -82,6 +82,12 @@ class Session:
         self._by_device: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
         self._checked: set[int] = set()
+        # every row holds the same roles and no padding: knockouts acting on every row can run
+        # without a (b, 1, q, kv) mask (`split`)
+        codes = layout.codes
+        self._uniform = bool((codes == codes[:1]).all()) and not bool((codes == Role.PAD).any())
+        self._splits: dict[tuple[Any, ...], Split | None] = {}  # plans for one key length
+        self._splits_at = -1  # the key length the plans in _splits are for
         # the model's own modules: the session applies to them only
         model = handle.model
         self.modules = frozenset(
@@ -182,6 +188,65 @@ class Session:
             codes = base.to(device).repeat_interleave(expand, dim=0)
             self._by_device[(device, expand)] = codes
         return codes[:, :kv_len]
+
+    def split(self, layer: int, q_len: int, kv_len: int, device: torch.device) -> Split | None:
+        """How the call over positions [kv_len - q_len, kv_len) at `layer` computes its
+        knockouts without a (b, 1, q, kv) mask, or None where it cannot or should not (rows that
+        differ, padding, a multi-position pass after cached positions, or groups whose
+        recomputation would cost more than the dense masked pass). Planned on the host once per
+        key length and set of acting knockouts, shared by every layer with the same set.
+        """
+        if not self._uniform or (q_len > 1 and q_len != kv_len):
+            return None
+        # the acting knockouts, with the layer where one blocks a key set of its own per layer
+        acting = tuple(
+            (i, layer if layer in ko.keys else -1)
+            for i, ko in enumerate(self.knockouts)
+            if layer in ko.layers
+        )
+        if self._splits_at != kv_len:
+            self._splits.clear()
+            self._splits_at = kv_len
+        key = (acting, q_len, device)
+        if key not in self._splits:
+            self._splits[key] = self._plan(layer, q_len, kv_len, device)
+        return self._splits[key]
+
+    def _plan(self, layer: int, q_len: int, kv_len: int, device: torch.device) -> Split | None:
+        n = self.prompt_length
+        codes = self.layout.codes[0, : min(kv_len, n)].long()  # (min(kv, n),)
+        if kv_len > n:
+            codes = torch.cat([codes, torch.full((kv_len - n,), int(Role.GENERATED))])
+        start = kv_len - q_len
+        found = row_groups(self.knockouts, layer, codes, start, self.rows)
+        if found is None:
+            return None
+        groups: list[Group] = []
+        cost = 0  # query-key products, against q * kv for the dense masked pass
+        last_row = None
+        covered = 0
+        for rows, cut in found:
+            last = int(rows.max())
+            kept = (~cut[: last + 1]).nonzero().flatten()  # (k,) keys up to the last row
+            if last == kv_len - 1:
+                last_row = (~cut).to(device)[None, None, None, :]  # (1, 1, 1, kv)
+            covered += int(rows.numel())
+            if q_len == 1 and 2 * kept.numel() > kv_len:
+                # a decode step keeping most keys: one (1, kv) mask costs less than a gather
+                whole = (~cut).to(device)[None, None, None, :]  # (1, 1, 1, kv)
+                groups.append(Group(rows.to(device) - start, None, whole))
+                cost += kv_len
+                continue
+            visible = kept[None, :] <= rows[:, None]  # (r, k)
+            mask = None if bool(visible.all()) else visible[None, None].to(device)
+            groups.append(Group((rows - start).to(device), kept.to(device), mask))
+            cost += int(rows.numel()) * int(kept.numel())
+        covers = covered == q_len
+        if not covers:
+            cost += q_len * q_len // 2
+        if q_len > 1 and cost > q_len * kv_len:
+            return None
+        return Split(tuple(groups), last_row, covers)
 
     def query_role_codes(self, start: int, end: int) -> frozenset[int]:
         """Role codes held by positions [start, end) of any row, from the host-side layout."""
