@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlmflow.models.families.geometry import _grid, _square
 from vlmflow.models.families.registry import ImageInput, TokenRoles, register
 from vlmflow.models.layout import ImageSpan
@@ -14,6 +16,10 @@ class IdeficsRoles(TokenRoles):
 
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
+
+    def processor_images(self, per_row: list[list[Any]]) -> list[Any]:
+        """The processor takes one list of images per row."""
+        return per_row
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         tok = self.processor.tokenizer

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+
 from vlmflow.errors import VlmflowError
 from vlmflow.models.families.geometry import _grid
 from vlmflow.models.families.registry import ImageInput, TokenRoles, register
@@ -15,6 +21,41 @@ class QwenVLRoles(TokenRoles):
 
     family = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def image_inputs(
+        self, inputs: Mapping[str, Any], per_row: list[list[Any]]
+    ) -> list[list[ImageInput]]:
+        """The shared `ImageInput`s, each with its `image_grid_thw` (t, h, w) in patches."""
+        items = super().image_inputs(inputs, per_row)
+        thw = inputs.get("image_grid_thw")
+        if thw is None:
+            return items
+        grids = iter(thw.tolist())  # (images, 3), the batch's images in order
+        out = []
+        for row in items:
+            done = []
+            for item in row:
+                t, h, w = (int(x) for x in next(grids))
+                done.append(replace(item, grid_thw=(t, h, w)))
+            out.append(done)
+        return out
+
+    def rope_index(
+        self, model: Any, inputs: Mapping[str, Any], length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE: three axes (time, height, width) from the model's own `get_rope_index` for
+        the prompt's `input_ids` (b, n) and image grids: positions (3, b, length) and the per-row
+        offset `rope_deltas` (b, 1) at which a KV cache continues after the prompt."""
+        get_rope_index = getattr(model, "model", model).get_rope_index
+        extra = {"image_grid_thw": inputs.get("image_grid_thw")}
+        if inputs.get("mm_token_type_ids") is not None:
+            extra["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :length]
+        positions, deltas = get_rope_index(inputs["input_ids"][:, :length], **extra)
+        return positions, deltas
+
+    def set_rope_deltas(self, model: Any, inputs: Mapping[str, Any]) -> None:
+        """The model continues a cache at `position + rope_deltas`: set it for the prompt."""
+        getattr(model, "model", model).rope_deltas = self.rope_index(model, inputs)[1]  # (1, 1)
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         start_id = int(self.config.vision_start_token_id)

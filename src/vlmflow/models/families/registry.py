@@ -7,6 +7,7 @@ A family is one module of this package: a `TokenRoles` subclass decorated with `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +27,14 @@ class ImageInput:
 
 
 class TokenRoles:
-    """Labels prompt positions prefix / image / query and lays image tokens out on the image."""
+    """Labels prompt positions prefix / image / query and lays image tokens out on the image
+    (paper Sec. 3: the roles every knockout and capture is stated in).
+
+    One subclass per family, in its own module, registered with `register`: it names its
+    `family` and `model_types` and implements `spans`; the other methods below have defaults
+    that a family overrides where it differs (how its processor takes images, what it reports
+    per image, multimodal rotary positions).
+    """
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -38,7 +46,43 @@ class TokenRoles:
 
     # -- per family -------------------------------------------------------------------------
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
+        """One `ImageSpan` per image of the row `ids` (n,), in order: its half-open span of
+        positions, its token grids over the picture and its separators. Raises VlmflowError when
+        the tokens do not match what the processor makes of `images`."""
         raise NotImplementedError
+
+    # -- per family, with a default ----------------------------------------------------------
+    def processor_images(self, per_row: list[list[Any]]) -> list[Any]:
+        """The batch's images as the family's processor takes them; `per_row[r]` lists row r's
+        images in order. Default: one flat list."""
+        return [image for row in per_row for image in row]
+
+    def image_inputs(
+        self, inputs: Mapping[str, Any], per_row: list[list[Any]]
+    ) -> list[list[ImageInput]]:
+        """Per-row `ImageInput`s from what the processor returned (`inputs`) for the PIL images
+        `per_row`: each image's size, and the (height, width) of one processed crop read from
+        `pixel_values` (..., H, W) when it has one."""
+        pixels = inputs.get("pixel_values")
+        processed = None
+        if isinstance(pixels, torch.Tensor) and pixels.dim() >= 4:
+            processed = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        return [
+            [ImageInput(size=image.size, processed=processed) for image in row] for row in per_row
+        ]
+
+    def rope_index(
+        self, model: Any, inputs: Mapping[str, Any], length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Multimodal rotary positions of the first `length` prompt positions (all when None):
+        `(positions, deltas)`, positions (axes, b, length) and deltas (b, 1) in integer
+        position units. Default None: the family numbers positions 0..n-1."""
+        return None
+
+    def set_rope_deltas(self, model: Any, inputs: Mapping[str, Any]) -> None:
+        """Before `generate()` continues a KV cache built outside it for the prompt `inputs`:
+        tell the model where positions continue after the prompt (every row holds the same
+        prompt). Default: nothing to do (positions continue at the cache length)."""
 
     # -- shared -----------------------------------------------------------------------------
     def layout(
