@@ -30,7 +30,6 @@ from vlmflow.attention.knockout import Knockout
 from vlmflow.attention.session import session
 from vlmflow.errors import VlmflowError
 from vlmflow.models.layout import PromptLayout
-from vlmflow.models.positions import rope_index
 from vlmflow.roles import Role
 
 if TYPE_CHECKING:
@@ -108,7 +107,7 @@ def generate_variants(
                     out = model.generate(**rows.inputs, **settings)  # (count, n + new)
                 return VariantRun(_cut(handle, out[:, n:], kwargs), _result(s, capture), 0)
             cache, shared = _shared_cache(handle, prompt, variants)  # (count, h_kv, n - 1, d)
-            _set_rope_deltas(model, prompt)
+            handle.roles.set_rope_deltas(model, prompt.inputs)
             ids = prompt.input_ids.repeat(count, 1)  # (count, n)
             with session(handle, rows, knockouts, capture) as s:
                 out = model.generate(
@@ -232,21 +231,10 @@ def _layers(cache: Any, repeat: int | None = None) -> list[tuple[torch.Tensor, t
 
 def _positions(handle: Handle, prompt: Prompt) -> torch.Tensor:
     """Position ids of the prompt: (1, n), or (3, 1, n) for multimodal rotary positions."""
-    rope = rope_index(handle.model, prompt.inputs)
+    rope = handle.roles.rope_index(handle.model, prompt.inputs)
     if rope is None:
         return torch.arange(prompt.layout.length, device=handle.device)[None]
     return rope[0]  # (3, 1, n)
-
-
-def _set_rope_deltas(model: Any, prompt: Prompt) -> None:
-    """Multimodal rotary models continue a cache at `position + rope_deltas`: set it for the
-    prompt (one value for every row, which all hold the same prompt)."""
-    inner = getattr(model, "model", model)
-    if not hasattr(inner, "rope_deltas"):
-        return
-    rope = rope_index(model, prompt.inputs)
-    if rope is not None:
-        inner.rope_deltas = rope[1]  # (1, 1)
 
 
 def _repeat_prompt(prompt: Prompt, count: int) -> Prompt:

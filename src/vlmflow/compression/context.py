@@ -32,7 +32,6 @@ import torch
 from vlmflow.defaults import DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
 from vlmflow.models.loading import Handle, ImageLike
-from vlmflow.models.positions import rope_index
 from vlmflow.roles import Role
 
 RANKINGS = ("sum", "max")
@@ -224,7 +223,7 @@ def _context_text(handle: Handle, prompt: str) -> str:
 
 def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
     """(axes, 1) position of the token after the first `length` prompt positions."""
-    rope = rope_index(handle.model, inputs, length)
+    rope = handle.roles.rope_index(handle.model, inputs, length)
     if rope is None:
         return torch.tensor([[length]])
     return rope[0][:, 0, -1:].cpu() + 1  # (3, 1)

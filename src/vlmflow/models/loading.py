@@ -13,7 +13,7 @@ import torch
 
 from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.models.families import ImageInput, TokenRoles, resolver_for
+from vlmflow.models.families import TokenRoles, resolver_for
 from vlmflow.models.layout import PromptLayout
 
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
@@ -117,7 +117,7 @@ class Handle:
         """
         from vlmflow.images import read_image
 
-        texts, flat, per_row = [], [], []
+        texts, per_row = [], []
         for images, text in items:
             self.check_text(text)
             pil = [read_image(i) for i in images]
@@ -129,13 +129,12 @@ class Handle:
                     messages, add_generation_prompt=True, tokenize=False
                 )
             )
-            flat.extend(pil)
             per_row.append(pil)
         tok = self.processor.tokenizer
         tok.padding_side = "left"
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if flat:
-            kwargs["images"] = per_row if self.family == "idefics3" else flat
+        if any(per_row):
+            kwargs["images"] = self.roles.processor_images(per_row)
         try:
             inputs = self.processor(**kwargs)
         except ValueError as err:  # the model's own limits (aspect ratio, size, ...)
@@ -145,7 +144,7 @@ class Handle:
                 "the image to a shape this model accepts"
             ) from None
         self.check_length(int(inputs["input_ids"].shape[1]))
-        image_inputs = _image_inputs(inputs, per_row)
+        image_inputs = self.roles.image_inputs(inputs, per_row)
         layout = self.roles.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs)
         dtype = self.model.dtype
         moved = {
@@ -244,24 +243,6 @@ class Handle:
             )
             before = text
         return pieces
-
-
-def _image_inputs(inputs: Any, per_row: list[list[Any]]) -> list[list[ImageInput]]:
-    """Per-row `ImageInput`s from what the processor returned."""
-    thw = inputs.get("image_grid_thw")
-    pixels = inputs.get("pixel_values")
-    processed = None
-    if isinstance(pixels, torch.Tensor) and pixels.dim() >= 4:
-        processed = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-    out, k = [], 0
-    for row in per_row:
-        items = []
-        for image in row:
-            grid = tuple(int(x) for x in thw[k].tolist()) if thw is not None else None
-            items.append(ImageInput(size=image.size, grid_thw=grid, processed=processed))  # type: ignore[arg-type]
-            k += 1
-        out.append(items)
-    return out
 
 
 def _model_type(path: str) -> str:
