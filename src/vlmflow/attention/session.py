@@ -213,10 +213,7 @@ class Session:
         return self._splits[key]
 
     def _plan(self, layer: int, q_len: int, kv_len: int, device: torch.device) -> Split | None:
-        n = self.prompt_length
-        codes = self.layout.codes[0, : min(kv_len, n)].long()  # (min(kv, n),)
-        if kv_len > n:
-            codes = torch.cat([codes, torch.full((kv_len - n,), int(Role.GENERATED))])
+        codes = self.key_roles(kv_len, self.layout.codes.device)[0].long()  # (kv,) host-side
         start = kv_len - q_len
         found = row_groups(self.knockouts, layer, codes, start, self.rows)
         if found is None:
