@@ -114,6 +114,16 @@ class ResolvedKnockout:
             rows = torch.tensor(sorted(knockout.rows), dtype=torch.long)
         return cls(layers, table(knockout.tgt), table(knockout.src), keys, rows)
 
+    def blocked_keys(self, layer: int, key_roles: torch.Tensor) -> torch.Tensor:
+        """(..., kv) bool on `key_roles`' device: the keys this knockout blocks at `layer`,
+        from its key set there, else from its source roles; `key_roles` (..., kv) role codes."""
+        if layer in self.keys:
+            cols = torch.zeros(key_roles.shape, dtype=torch.bool, device=key_roles.device)
+            pos = self.keys[layer].to(key_roles.device)
+            cols[..., pos[pos < key_roles.shape[-1]]] = True
+            return cols
+        return self.src.to(key_roles.device)[key_roles.long()]
+
 
 def blocked(
     knockouts: list[ResolvedKnockout],
@@ -140,12 +150,7 @@ def blocked(
             index = ko.rows.to(rows.device)
             chosen[index[index < prompt_rows]] = True
             rows = rows & chosen.repeat_interleave(expand)[:, None]
-        if layer in ko.keys:
-            cols = torch.zeros(key_roles.shape, dtype=torch.bool, device=key_roles.device)
-            pos = ko.keys[layer].to(key_roles.device)
-            cols[:, pos[pos < key_roles.shape[1]]] = True
-        else:
-            cols = ko.src.to(key_roles.device)[key_roles.long()]  # (b, kv)
+        cols = ko.blocked_keys(layer, key_roles)  # (b, kv)
         part = rows[:, :, None] & cols[:, None, :]
         out = part if out is None else out | part
     return out
@@ -193,13 +198,7 @@ def row_groups(
         applies = ko.tgt[queries]  # (q,)
         if not bool(applies.any()):
             continue
-        if layer in ko.keys:
-            cols = torch.zeros(codes.shape, dtype=torch.bool)
-            pos = ko.keys[layer]
-            cols[pos[pos < codes.shape[0]]] = True
-        else:
-            cols = ko.src[codes.long()]  # (kv,)
-        parts.append((applies, cols))
+        parts.append((applies, ko.blocked_keys(layer, codes)))  # (q,), (kv,)
     if not parts:
         return []
     signature = torch.zeros(queries.shape, dtype=torch.long)  # (q,) bit i: knockout i acts
