@@ -96,6 +96,11 @@ class MaskSource(Protocol):
         """(H, W) bool over the image as given to the model; None if it shows no such object."""
 
 
+def _union(scene: Any, name: str) -> np.ndarray:
+    """(H, W) bool: every instance of object type `name` in `scene`."""
+    return np.logical_or.reduce([o.mask for o in scene.objects if o.name == name])
+
+
 class SceneMasks:
     """Exact masks of the shipped evaluation scenes; names through the scene vocabulary."""
 
@@ -118,13 +123,20 @@ class SceneMasks:
         return tuple(found) or (name.lower(),)
 
     def mask(self, item: WorkItem, name: str) -> np.ndarray | None:
-        masks = dict(self.objects(item))  # refuses an item that is not a scene
+        scene = self._scene_of(item)
         canonical = self.vocabulary.canonical(name)
-        return masks.get(canonical) if canonical is not None else None
+        if canonical is None or canonical not in scene.names:
+            return None
+        return _union(scene, canonical)
 
     def objects(self, item: WorkItem) -> list[tuple[str, np.ndarray]]:
         """(name, (H, W) bool union of its instances) of every object type in the scene, in
         description order."""
+        scene = self._scene_of(item)
+        return [(name, _union(scene, name)) for name in scene.names]
+
+    def _scene_of(self, item: WorkItem) -> Any:
+        """The item's fixed scene (the last one is kept); VlmflowError if it is not a scene."""
         ref: ImageRef = item.payload["image"]
         if not isinstance(ref, SceneRef):
             raise VlmflowError(f"{item.item_id} is not a scene: masks=scene needs --images scenes")
@@ -132,11 +144,7 @@ class SceneMasks:
             from vlmflow.scenes import load_fixed_scene
 
             self._scene = (ref.scene_index, load_fixed_scene(ref.scene_index))
-        objects = self._scene[1].objects
-        return [
-            (name, np.logical_or.reduce([o.mask for o in objects if o.name == name]))
-            for name in self._scene[1].names
-        ]
+        return self._scene[1]
 
     def canonical(self, word: str) -> str | None:
         """The object type a word or phrase names (name, synonym, plural), else None."""
