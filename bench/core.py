@@ -9,10 +9,11 @@ transformers with `attn_implementation="sdpa"`) and under a session: every knock
 the paper (image -> generated, image -> query, image -> query+generated, all layers), image ->
 query+generated from the middle layer on, a key-set knockout (95% of the image keys blocked,
 scattered, as top-k pruning at k = 5% blocks them; queries: query+generated), and an all-layer
-role-fraction capture. Prints each median time / plain SDPA median (issue acceptance: knockout
-<= 1.05, capture <= 1.5). `--dense` also times the knockouts whose prefill holds knocked
-rows with the dense (b, 1, q, kv) mask (`backend.SPLIT = False`), the path the split
-replaces, side by side.
+role-fraction capture. Every variant runs once untimed first; each repeat then runs them all,
+starting one variant later than the previous repeat. Prints each median wall time / plain SDPA
+median (issue acceptance: knockout <= 1.05, capture <= 1.5), and the same for process CPU time.
+`--dense` also times the knockouts whose prefill holds knocked rows with the dense
+(b, 1, q, kv) mask (`backend.SPLIT = False`), the path the split replaces, side by side.
 Memory (`--memory-images` sizes only; eager output_attentions grows with the square of the
 prompt): peak memory above the level just before the call, sampled every millisecond in a fresh
 subprocess per variant (CPU), or torch.cuda.max_memory_allocated above the level before the call
@@ -245,22 +246,31 @@ def time_variants(
             variants[f"{name} [dense mask]"] = knocked(knockouts, False)
     variants["capture"] = cap
     runs: dict[str, list[float]] = {name: [] for name in variants}
-    plain()  # warm-up
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up (and the attention guard's one probe)
+        fn()
+    names = list(variants)
+    for r in range(repeats):
+        # each repeat starts one variant later, so no variant always follows the same one
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync()
-            start = time.perf_counter()
-            fn()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            variants[name]()
             sync()
             runs[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "images": n_images,
         "prompt_tokens": prompt.layout.length,
         "image_tokens": prompt.layout.counts()["image"],
         "median_seconds": med,
         "over_plain": {k: v / med["plain"] for k, v in med.items()},
+        "median_cpu_seconds": med_cpu,
+        "cpu_over_plain": {k: v / med_cpu["plain"] for k, v in med_cpu.items()},
         "runs": runs,
+        "cpu_runs": cpu,
     }
 
 
@@ -347,7 +357,8 @@ def main() -> None:
     }
     print(
         f"model {args.shape or args.model} on {args.device}, {args.new_tokens} new tokens,"
-        f" median of {args.repeats} interleaved repeats; time / plain SDPA generate"
+        f" median of {args.repeats} interleaved repeats (order rotated per repeat), after one"
+        " warm-up run of each; wall time / plain SDPA generate"
         " (target: knockout <= 1.05, capture <= 1.5)"
     )
     head = "".join(f"{t['prompt_tokens']:>10} tok" for t in timing)
@@ -355,6 +366,13 @@ def main() -> None:
     for name in timing[0]["median_seconds"]:
         cells = "".join(
             f"{t['over_plain'][name]:>9.3f} ({t['median_seconds'][name]:6.1f}s)" for t in timing
+        )
+        print(f"  {name:<48}{cells}")
+    print("  process CPU time / plain (all threads; steadier than wall time on a shared machine)")
+    for name in timing[0]["median_cpu_seconds"]:
+        cells = "".join(
+            f"{t['cpu_over_plain'][name]:>9.3f} ({t['median_cpu_seconds'][name]:6.1f}s)"
+            for t in timing
         )
         print(f"  {name:<48}{cells}")
     for m in memory:
