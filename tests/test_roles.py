@@ -52,6 +52,7 @@ EXPECTED_TILES = {
     "llava": [("image", 4, 4)],
     "llava_next": [("base", 4, 4), ("grid", 6, 8)],
     "qwen2_vl": [("image", 3, 5)],
+    "qwen3_vl": [("image", 3, 4)],  # 16 px patches merged 2x2: 96 x 128 px
     "internvl": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
 }
