@@ -168,9 +168,27 @@ def _qwen_token_ids(tok: Any) -> dict[str, Any]:
     }
 
 
-def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
+def _qwen_processor(cls: type, tok: Any, patch_size: int) -> Any:
+    """A Qwen-VL family's processor `cls` with 2x2-merged patches of `patch_size` px, pictures
+    resized to between 2 x 2 and 4 x 4 merged tokens' worth of pixels."""
     from transformers import Qwen2VLImageProcessorPil
 
+    side = 2 * patch_size  # pixels across one merged token
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=(2 * side) ** 2,
+        max_pixels=(4 * side) ** 2,
+        patch_size=patch_size,
+        merge_size=2,
+    )
+    return _video_capable(cls)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=_QWEN_TEMPLATE,
+        **_NO_VIDEO,
+    )
+
+
+def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
     tok = _tokenizer(_QWEN_SPECIALS)
     vision: dict[str, Any] = {
         "depth": 2,
@@ -204,23 +222,14 @@ def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
         text_config=_text_config(text_type, len(tok), rope_parameters=rope),
         **_qwen_token_ids(tok),
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2
-    )
-    processor = _video_capable(Processor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=_QWEN_TEMPLATE,
-        **_NO_VIDEO,
-    )
-    return config, processor
+    return config, _qwen_processor(Processor, tok, patch_size=14)
 
 
 def _qwen3_vl(out: Path, moe: bool) -> tuple[Any, Any]:
     """Qwen3-VL (or its MoE variant: 4 experts of width 64, 2 per token): 16 px patches merged
     2x2, deepstack features from both vision blocks added after decoder layers 0 and 1,
     interleaved M-RoPE."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLProcessor
+    from transformers import Qwen3VLProcessor
 
     tok = _tokenizer(_QWEN_SPECIALS)
     vision = {
@@ -257,16 +266,7 @@ def _qwen3_vl(out: Path, moe: bool) -> tuple[Any, Any]:
         text_config=_text_config(text_type, len(tok), **text),
         **_qwen_token_ids(tok),
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=64 * 64, max_pixels=128 * 128, patch_size=16, merge_size=2
-    )
-    processor = _video_capable(Qwen3VLProcessor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=_QWEN_TEMPLATE,
-        **_NO_VIDEO,
-    )
-    return config, processor
+    return config, _qwen_processor(Qwen3VLProcessor, tok, patch_size=16)
 
 
 def _internvl(out: Path) -> tuple[Any, Any]:
