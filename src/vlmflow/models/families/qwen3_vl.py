@@ -22,11 +22,14 @@ layer therefore still cuts the picture off from the text: a text position's hidd
 from its own token embedding and changes only through its attention output and its own MLP
 (in the MoE model, experts routed from that hidden state alone); deepstack never writes to it,
 so the image's embeddings and its deepstack features alike reach a text position only through
-attention to image keys, which the knockout blocks. What a text position still learns is the
-image's token count and, through the rotary positions after it, its grid (t, h, w): the shape
-of the prompt, as in every family, not the picture. Deepstack does make the image positions'
-keys and values depend on the picture in early layers, which a knockout at only some layers
-lets through at the others, as the image embeddings do in every family.
+attention to image keys, which the knockout blocks. (Exactly so in arithmetic. In the MoE
+model the rows an expert multiplies together depend on where the image tokens were routed, so
+a matrix kernel whose rounding depends on the number of rows could change the last bits of
+text rows; on CPU the tests find the logits of two images bit-identical.) What a text position
+still learns is the image's token count and, through the rotary positions after it, its grid
+(t, h, w): the shape of the prompt, as in every family, not the picture. Deepstack does make
+the image positions' keys and values depend on the picture in early layers, which a knockout
+at only some layers lets through at the others, as the image embeddings do in every family.
 """
 
 from __future__ import annotations
