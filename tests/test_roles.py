@@ -52,6 +52,7 @@ EXPECTED_TILES = {
     "llava": [("image", 4, 4)],
     "llava_next": [("base", 4, 4), ("grid", 6, 8)],
     "qwen2_vl": [("image", 3, 5)],
+    "qwen3_vl": [("image", 3, 4)],  # 16 px patches merged 2x2: 96 x 128 px
     "internvl": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
 }
@@ -114,3 +115,20 @@ def test_unsupported_family_lists_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "blip-2"}')
     with pytest.raises(vlmflow.VlmflowError, match=r"llava_next.*qwen2_vl.*internvl"):
         vlmflow.load(str(tmp_path))
+
+
+def test_pad_tokens_that_disagree_with_the_merge_size_are_refused(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("qwen3_vl")))
+    handle.processor.image_processor.merge_size = 1  # the model merges 2 x 2 patches
+    with pytest.raises(vlmflow.VlmflowError, match=r"qwen3_vl: image 0 has 48 image tokens"):
+        handle.prepare(photo)
+
+
+def test_rotary_positions_need_the_token_types(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("qwen3_vl")))
+    inputs = dict(handle.prepare(photo).inputs)
+    positions, deltas = handle.roles.rope_index(handle.model, inputs)
+    assert positions.shape == (3, 1, inputs["input_ids"].shape[1]) and int(deltas) < 0
+    del inputs["mm_token_type_ids"]
+    with pytest.raises(vlmflow.VlmflowError, match="mm_token_type_ids missing"):
+        handle.roles.rope_index(handle.model, inputs)

@@ -33,7 +33,7 @@ def _one_by_one(handle, prompt, variants, capture=None, **kwargs):
     return ids, captures
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
 @pytest.mark.parametrize("with_capture", [False, True])
 def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
@@ -60,7 +60,7 @@ def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
             assert torch.allclose(got, image_row[:, 0].float(), atol=1e-3)
 
 
-@pytest.fixture(params=["llava", "qwen2_vl"])
+@pytest.fixture(params=["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
 def sweep(request, tiny_path, photo):
     """(handle, prompt, variants, each variant's tokens generated one by one) on a family."""
     handle = vlmflow.load(str(tiny_path(request.param)))

@@ -17,6 +17,8 @@ CASES = [
     ("llava", "image-query", "all"),
     ("llava", "image-query+generated", "except:1-2"),
     ("qwen2_vl", "image-query+generated", "only:1-2"),
+    ("qwen3_vl", "image-query+generated", "all"),
+    ("qwen3_vl_moe", "image-query", "from:1"),
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
@@ -71,7 +72,7 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl"])
 def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)
@@ -95,6 +96,73 @@ def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
         ours, _ = backend.attention(layer, q, k, v, None, scaling=0.25)
     theirs, _ = backend.sdpa_attention_forward(layer, q, k, v, None, scaling=0.25)
     assert torch.equal(ours, theirs)
+
+
+def _noise(w: int, h: int, seed: int):
+    from PIL import Image
+
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_deepstack_reaches_text_only_through_attention(family, tiny_path):
+    """Deepstack adds visual features to the image positions' hidden states after the early
+    decoder layers (and to no other position), so under image -> query+generated at all layers
+    two different images give identical logits at every step, equal to those of a run with
+    deepstack switched off; without the knockout the images, and deepstack, change them."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompts = [handle.prepare(_noise(130, 90, seed)) for seed in (0, 1)]
+    assert torch.equal(prompts[0].input_ids, prompts[1].input_ids)  # same positions, other pixels
+    patches = prompts[0].layout.patch_positions()  # the <|image_pad|> positions
+    seen: list[dict] = []
+    drop = [False]
+
+    def deepstack(module, args, kwargs):  # what the language model is given for the prompt
+        if kwargs.get("deepstack_visual_embeds") is not None:
+            seen.append(kwargs)
+            if drop[0]:
+                kwargs = {**kwargs, "deepstack_visual_embeds": None}
+        return args, kwargs
+
+    def logits(prompt, knockout, with_deepstack=True):  # (steps, 1, vocab)
+        drop[0] = not with_deepstack
+        with vlmflow.session(handle, prompt, knockout=knockout), torch.inference_mode():
+            out = handle.model.generate(
+                **prompt.inputs,
+                do_sample=False,
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+        return torch.stack(out.logits)
+
+    language_model = handle.model.model.language_model
+    hook = language_model.register_forward_pre_hook(deepstack, with_kwargs=True)
+    try:
+        ko = vlmflow.Knockout.parse("image->query+generated", "all")
+        cut = [logits(p, ko) for p in prompts]
+        plain = [logits(p, []) for p in prompts]
+        cut_without = logits(prompts[0], ko, with_deepstack=False)
+        plain_without = logits(prompts[0], [], with_deepstack=False)
+    finally:
+        hook.remove()
+    # deepstack was active: one feature map per deepstack layer, on the image pad positions
+    # only, different for the two images
+    layers = len(handle.model.config.vision_config.deepstack_visual_indexes)
+    assert layers >= 1
+    first, second = seen[0], seen[1]
+    assert first["visual_pos_masks"][0].nonzero()[:, 0].tolist() == patches
+    assert len(first["deepstack_visual_embeds"]) == layers
+    pairs = zip(first["deepstack_visual_embeds"], second["deepstack_visual_embeds"], strict=True)
+    for a, b in pairs:
+        assert a.shape == (len(patches), handle.model.config.text_config.hidden_size)
+        assert float(a.abs().mean()) > 0 and not torch.equal(a, b)
+    assert not torch.equal(plain[0], plain_without)  # deepstack reaches the text ...
+    assert not torch.equal(plain[0], plain[1])
+    # ... only through attention to image keys: knocked out, neither image nor deepstack shows
+    assert torch.equal(cut[0], cut[1])
+    assert torch.equal(cut[0], cut_without)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])

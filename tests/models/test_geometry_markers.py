@@ -125,6 +125,8 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "llava_next": _found_llava_next,
     "qwen2_vl": _found_qwen,
     "qwen2_5_vl": _found_qwen,
+    "qwen3_vl": _found_qwen,
+    "qwen3_vl_moe": _found_qwen,
     "internvl": _found_tiles,
     "idefics3": _found_tiles,
     "smolvlm": _found_tiles,
@@ -200,6 +202,14 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
         "smart resize": _none,
         "fewer pixels": _set(size={"shortest_edge": 28 * 28, "longest_edge": 84 * 84}),
     },
+    "qwen3_vl": {
+        "smart resize": _none,
+        "more pixels": _set(size={"shortest_edge": 64 * 64, "longest_edge": 256 * 256}),
+    },
+    "qwen3_vl_moe": {
+        "smart resize": _none,
+        "fewer pixels": _set(size={"shortest_edge": 32 * 32, "longest_edge": 96 * 96}),
+    },
     "internvl": {
         "crop to patches": _none,
         "six patches": _set(max_patches=6, min_patches=2),
@@ -228,7 +238,7 @@ def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     p = int(getattr(handle.processor, "patch_size", 14) or 14)
     if family in ("llava", "llava_next"):
         return float(p)
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         ip = handle.processor.image_processor
         return float(ip.patch_size * ip.merge_size)
     return 56 / tile.rows  # InternVL / Idefics3 crops are 56 px here

@@ -1,10 +1,10 @@
 """Processor loading that also works where torchvision is missing.
 
 transformers only defines video processors when torchvision is installed, and the processors of
-video-capable families (Qwen2-VL, Qwen2.5-VL, InternVL, SmolVLM) refuse to be built without one,
-even for still images. torchvision has no CPU wheel on PyPI, so on CPU-only machines those
-families get an image-only variant of their own processor class: identical text and image
-handling, no `video_processor`. Everywhere else `AutoProcessor` is used unchanged.
+video-capable families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, SmolVLM) refuse to be built
+without one, even for still images. torchvision has no CPU wheel on PyPI, so on CPU-only
+machines those families get an image-only variant of their own processor class: identical text
+and image handling, no `video_processor`. Everywhere else `AutoProcessor` is used unchanged.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ TINY_FAMILIES = (
     "llava_next",
     "qwen2_vl",
     "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
     "internvl",
     "idefics3",
     "smolvlm",
@@ -151,12 +153,43 @@ def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
     return config, processor
 
 
-def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
+_QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+_QWEN_TEMPLATE = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def _qwen_token_ids(tok: Any) -> dict[str, Any]:
+    """The config's special token ids of the Qwen-VL families."""
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _qwen_processor(cls: type, tok: Any, patch_size: int) -> Any:
+    """A Qwen-VL family's processor `cls` with 2x2-merged patches of `patch_size` px, pictures
+    resized to between 2 x 2 and 4 x 4 merged tokens' worth of pixels."""
     from transformers import Qwen2VLImageProcessorPil
 
-    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(specials)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    side = 2 * patch_size  # pixels across one merged token
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=(2 * side) ** 2,
+        max_pixels=(4 * side) ** 2,
+        patch_size=patch_size,
+        merge_size=2,
+    )
+    return _video_capable(cls)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=_QWEN_TEMPLATE,
+        **_NO_VIDEO,
+    )
+
+
+def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
+    tok = _tokenizer(_QWEN_SPECIALS)
     vision: dict[str, Any] = {
         "depth": 2,
         "num_heads": 2,
@@ -187,21 +220,53 @@ def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
     config = Config(
         vision_config=vision,
         text_config=_text_config(text_type, len(tok), rope_parameters=rope),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_token_ids(tok),
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2
+    return config, _qwen_processor(Processor, tok, patch_size=14)
+
+
+def _qwen3_vl(out: Path, moe: bool) -> tuple[Any, Any]:
+    """Qwen3-VL (or its MoE variant: 4 experts of width 64, 2 per token): 16 px patches merged
+    2x2, deepstack features from both vision blocks added after decoder layers 0 and 1,
+    interleaved M-RoPE."""
+    from transformers import Qwen3VLProcessor
+
+    tok = _tokenizer(_QWEN_SPECIALS)
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 64,  # an 8 x 8 grid of learned positions, resampled
+        "deepstack_visual_indexes": [0, 1],
+        "initializer_range": 0.2,  # deepstack features as large as the image embeddings
+    }
+    rope = {
+        "rope_type": "default",
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+        "rope_theta": 10000.0,
+    }
+    text: dict[str, Any] = {"head_dim": 16, "rope_parameters": rope}
+    if moe:
+        from transformers import Qwen3VLMoeConfig as Config
+
+        text |= {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64}
+        text_type = "qwen3_vl_moe_text"
+    else:
+        from transformers import Qwen3VLConfig as Config  # type: ignore[assignment]
+
+        text_type = "qwen3_vl_text"
+    config = Config(
+        vision_config=vision,
+        text_config=_text_config(text_type, len(tok), **text),
+        **_qwen_token_ids(tok),
     )
-    processor = _video_capable(Processor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
-        **_NO_VIDEO,
-    )
-    return config, processor
+    return config, _qwen_processor(Qwen3VLProcessor, tok, patch_size=16)
 
 
 def _internvl(out: Path) -> tuple[Any, Any]:
@@ -294,6 +359,8 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "llava_next": lambda out: _llava(out, anyres=True),
     "qwen2_vl": lambda out: _qwen_vl(out, "2"),
     "qwen2_5_vl": lambda out: _qwen_vl(out, "2.5"),
+    "qwen3_vl": lambda out: _qwen3_vl(out, moe=False),
+    "qwen3_vl_moe": lambda out: _qwen3_vl(out, moe=True),
     "internvl": _internvl,
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),

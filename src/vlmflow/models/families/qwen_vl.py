@@ -47,10 +47,16 @@ class QwenVLRoles(TokenRoles):
         the prompt's `input_ids` (b, n) and image grids: positions (3, b, length) and the per-row
         offset `rope_deltas` (b, 1) at which a KV cache continues after the prompt."""
         get_rope_index = getattr(model, "model", model).get_rope_index
-        extra = {"image_grid_thw": inputs.get("image_grid_thw")}
-        if inputs.get("mm_token_type_ids") is not None:
-            extra["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :length]
-        positions, deltas = get_rope_index(inputs["input_ids"][:, :length], **extra)
+        types = inputs.get("mm_token_type_ids")  # (b, n): 0 text, 1 image
+        if types is None:
+            raise VlmflowError(
+                f"{self.family}: mm_token_type_ids missing: build inputs with prepare()"
+            )
+        positions, deltas = get_rope_index(
+            inputs["input_ids"][:, :length],
+            mm_token_type_ids=types[:, :length],
+            image_grid_thw=inputs.get("image_grid_thw"),
+        )
         return positions, deltas
 
     def set_rope_deltas(self, model: Any, inputs: Mapping[str, Any]) -> None:
@@ -65,9 +71,17 @@ class QwenVLRoles(TokenRoles):
         spans = []
         for k, (run, image) in enumerate(zip(runs, images, strict=False)):
             if image.grid_thw is None:
-                raise VlmflowError("qwen2_vl: image_grid_thw missing: build inputs with prepare()")
+                raise VlmflowError(
+                    f"{self.family}: image_grid_thw missing: build inputs with prepare()"
+                )
             t, gh, gw = image.grid_thw
             rows, cols = gh // merge, gw // merge
+            if len(run) != t * rows * cols:
+                raise VlmflowError(
+                    f"{self.family}: image {k} has {len(run)} image tokens, its grid "
+                    f"{t}x{gh}x{gw} with merge size {merge} makes {t * rows * cols}: keep the "
+                    "processor's merge_size equal to the model's spatial_merge_size"
+                )
             seps = []
             start, end = run[0], run[-1] + 1
             if start > 0 and ids[start - 1] == start_id:
