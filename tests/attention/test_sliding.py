@@ -12,6 +12,9 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 import vlmflow
+from compression.test_context import _full_prompt_answer
+from vlmflow.attention.batch import generate_variants
+from vlmflow.compression import compress
 from vlmflow.roles import ROLE_NAMES
 
 from . import reference
@@ -47,7 +50,10 @@ def narrow(tiny_path, tmp_path_factory):
 def _fractions(row: torch.Tensor, roles: list[str]) -> torch.Tensor:
     """(4,) attention mass of a (positions,) row per role, in ROLE_NAMES order."""
     return torch.stack(
-        [sum((row[i] for i, r in enumerate(roles) if r == name), torch.tensor(0.0)) for name in ROLE_NAMES]
+        [
+            sum((row[i] for i, r in enumerate(roles) if r == name), torch.tensor(0.0))
+            for name in ROLE_NAMES
+        ]
     )
 
 
@@ -91,3 +97,41 @@ def test_sliding_window_matches_reference(settings, spec, narrow, photo):
         elif layer not in chosen or "image->generated" not in " ".join(settings):
             assert float(late[layer]) > 0.0
 
+
+def test_variants_past_the_window_equal_one_by_one(narrow, photo):
+    """generate_variants shares a prefill cache that keeps every position (`whole_cache`):
+    each row still equals its own session, whose cache keeps only the window."""
+    handle, _ = narrow
+    prompt = handle.prepare(photo)
+    variants = [
+        [],
+        [vlmflow.Knockout.parse("image->generated", "from:1")],
+        [vlmflow.Knockout.parse("image->query", "all")],
+    ]
+    capture = vlmflow.Capture.of(image_layers="all")
+    alone = []
+    for variant in variants:
+        with vlmflow.session(handle, prompt, variant, capture) as s:
+            ids = s.generate(max_new_tokens=NEW)[0].tolist()
+        alone.append((ids, s.capture.fractions[:, :, 0]))
+    run = generate_variants(handle, prompt, variants, max_new_tokens=NEW, capture=capture)
+    assert run.shared > WINDOW  # the shared positions reach past the window
+    assert len({tuple(ids) for ids, _ in alone}) == len(variants)
+    for row, (ids, fractions) in enumerate(alone):
+        assert run.ids[row].tolist() == ids
+        steps = fractions.shape[0]
+        got = run.capture.fractions[:steps, :, row]
+        torch.testing.assert_close(got, fractions, atol=1e-4, rtol=1e-4, equal_nan=True)
+
+
+def test_compressed_context_past_the_window_answers_like_the_full_prompt(narrow, photo):
+    """At k = 1 the compressed context holds every context position at every layer (also on
+    sliding-window layers, whose own cache would keep only the window)."""
+    handle, _ = narrow
+    context = compress(handle, photo, k=1.0, max_new_tokens=NEW)
+    assert context.full_tokens > WINDOW
+    assert all(len(kept) == context.full_tokens for kept in context.kept)
+    for question in ("Is there a dog in the image?", "How many objects are there?"):
+        answer = context.ask(question, max_new_tokens=6)
+        expected = _full_prompt_answer(handle, photo, context, question, 6)
+        assert list(answer.ids) == expected[: len(answer.ids)]

@@ -6,9 +6,9 @@ attention itself) would let a knockout pass silently: its keys stay visible and 
 no row for it. So before the first session on a model, one probe forward over two tokens of the
 session's prompt records every layer that calls the function and the arguments it passes; a
 session whose layers include one that did not call it, or one whose arguments the function cannot
-honour exactly (soft-capping, attention sinks, chunked attention), is refused in one line naming the layers and the
-reason, before any generation runs. Sliding-window layers are honoured: the function maps their
-keys to absolute positions (`vlmflow.attention.backend`).
+honour exactly (soft-capping, attention sinks, chunked attention), is refused in one line naming
+the layers and the reason, before any generation runs. Sliding-window layers are honoured: the
+function maps their keys to absolute positions (`vlmflow.attention.backend`).
 """
 
 from __future__ import annotations

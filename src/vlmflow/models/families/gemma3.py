@@ -14,10 +14,12 @@ mask transformers builds from `token_type_ids`); a knockout only removes keys fr
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlmflow.errors import VlmflowError
 from vlmflow.models.families.geometry import _Grid, _Options, _shape, _square, _standard_resize
 from vlmflow.models.families.registry import ImageInput, TokenRoles, register
-from vlmflow.models.layout import WHOLE, Box, ImageSpan
+from vlmflow.models.layout import WHOLE, Box, ImageSpan, Tile
 
 
 @register
@@ -27,6 +29,10 @@ class Gemma3Roles(TokenRoles):
 
     family = "gemma3"
     model_types = ("gemma3",)
+
+    def processor_images(self, per_row: list[list[Any]]) -> list[Any]:
+        """The processor takes one list of images per row (a flat list is one row's)."""
+        return per_row
 
     def _views(self, image: ImageInput) -> list[Box]:
         """The boxes of the image the model sees, in token order: the whole picture, then the
@@ -65,7 +71,8 @@ class Gemma3Roles(TokenRoles):
             boxes = self._views(image)
             if cursor + len(boxes) > len(starts):
                 break
-            tiles, seps = [], []
+            tiles: list[Tile] = []
+            seps: list[int] = []
             first = starts[cursor]
             last = first
             for v, box in enumerate(boxes):
@@ -85,5 +92,7 @@ class Gemma3Roles(TokenRoles):
                 tiles.append(_Grid(side, side, box, unplaced).tile(kind, run))
                 last = close
             cursor += len(boxes)
-            spans.append(ImageSpan(k, first, last + 1, tuple(tiles), tuple(sorted(seps)), image.size))
+            spans.append(
+                ImageSpan(k, first, last + 1, tuple(tiles), tuple(sorted(seps)), image.size)
+            )
         return spans
