@@ -107,17 +107,21 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
     }
 
 
-def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+def _vision(**extra: Any) -> dict[str, Any]:
+    """A tiny ViT: 56 px pictures in 14 px patches (a 4 x 4 grid), two layers."""
     return {
-        "model_type": "clip_vision_model",
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
-        "image_size": image_size,
+        "image_size": 56,
         "patch_size": 14,
-        "projection_dim": 32,
+        **extra,
     }
+
+
+def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+    return _vision(model_type="clip_vision_model", image_size=image_size, projection_dim=32)
 
 
 def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
@@ -252,14 +256,7 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision: dict[str, Any] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    vision = _vision()
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
@@ -311,15 +308,7 @@ def _gemma3(out: Path) -> tuple[Any, Any]:
         layer_types=layers,
     )
     config = Gemma3Config(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-        },
+        vision_config=_vision(model_type="siglip_vision_model"),
         text_config=text,
         mm_tokens_per_image=16,
         boi_token_index=tok.boi_token_id,
