@@ -135,3 +135,17 @@ def test_compressed_context_past_the_window_answers_like_the_full_prompt(narrow,
         answer = context.ask(question, max_new_tokens=6)
         expected = _full_prompt_answer(handle, photo, context, question, 6)
         assert list(answer.ids) == expected[: len(answer.ids)]
+
+
+def test_a_window_of_blocked_keys_only_is_refused(narrow, photo):
+    """generated -> generated leaves a late generated token, whose window holds generated
+    keys only, nothing to attend to: refused when it happens, never a NaN row."""
+    handle, _ = narrow
+    prompt = handle.prepare(photo)
+    ko = vlmflow.Knockout.parse("generated->generated", "only:0-2")
+    short = WINDOW - 2  # every window still holds prompt keys
+    with vlmflow.session(handle, prompt, ko) as s:
+        assert s.generate(max_new_tokens=short, min_new_tokens=short).shape[1] == short
+    refused = pytest.raises(vlmflow.VlmflowError, match="layer 0 no key to attend to")
+    with refused, vlmflow.session(handle, prompt, ko) as s:
+        s.generate(max_new_tokens=WINDOW + 2, min_new_tokens=WINDOW + 2)

@@ -240,9 +240,10 @@ def attention(
         mask = (
             attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
         )
-        mask = mask & ~cut[:, None]  # (b, 1, q, kv)
+        knocked = mask & ~cut[:, None]  # (b, 1, q, kv)
         if window is not None and session.self_blocking:
-            _check_rows(session, mask, layer)
+            _check_rows(session, mask, knocked, layer)
+        mask = knocked
         out, _ = sdpa_attention_forward(
             module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -274,10 +275,16 @@ def _absolute(
     return torch.nn.functional.pad(weights, (start, 0))
 
 
-def _check_rows(session: Session, mask: torch.Tensor, layer: int) -> None:
+def _check_rows(
+    session: Session,
+    mask: torch.Tensor,  # (b, 1, q, kv) bool before the knockout
+    knocked: torch.Tensor,  # (b, 1, q, kv) bool after it
+    layer: int,
+) -> None:
     """Refuse a knockout that leaves a query of a sliding-window layer no key to attend to
-    (its window holds blocked keys only): softmax over nothing has no value."""
-    if not bool(mask.any(dim=-1).all()):
+    (its window holds blocked keys only): softmax over nothing has no value. Rows that had no
+    key before it (padding) are not the knockout's doing."""
+    if bool((mask.any(dim=-1) & ~knocked.any(dim=-1)).any()):
         session.refuse(
             f"a knockout leaves a query at layer {layer} no key to attend to: the layer's"
             " sliding window holds only keys the knockout blocks for it; choose src and tgt"
