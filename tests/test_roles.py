@@ -34,7 +34,7 @@ def test_roles_follow_the_tokens(family, tiny_path, photo):
     span = prompt.layout.images[0][0]
     patches = span.patch_positions
     assert len(patches) == len(set(patches))
-    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>"}
+    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>", "<image_soft_token>"}
     feature_positions = {i for i, t in enumerate(tokens) if t in feature_tokens}
     assert set(patches) | (set(span.separators) & feature_positions) == feature_positions
     for tile in span.tiles:
@@ -55,6 +55,7 @@ EXPECTED_TILES = {
     "qwen3_vl": [("image", 3, 4)],  # 16 px patches merged 2x2: 96 x 128 px
     "internvl": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
+    "gemma3": [("image", 4, 4)],  # squashed: the whole picture
 }
 
 

@@ -3,6 +3,11 @@
 It shares nothing with vlmflow's backend: roles come from token strings, the mask is an additive
 float mask built per layer, attention is plain softmax(QK^T)V, and generation recomputes the
 whole sequence at every step (no KV cache).
+
+The mask is the models' own rule, written out from the token strings and the layer's arguments:
+causal; a run of Gemma 3's image soft tokens sees itself bidirectionally (BLOCK_TOKENS); a
+sliding-window layer (`sliding_window` W) lets query p see key k only when p - k < W, also
+inside such a run; then the knockout.
 """
 
 from __future__ import annotations
@@ -24,7 +29,23 @@ IMAGE_TOKENS = {
     "<IMG_CONTEXT>",
     "<fake_token_around_image>",
     "<global-img>",
+    "<start_of_image>",
+    "<image_soft_token>",
+    "<end_of_image>",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
+# tokens whose consecutive runs attend to each other bidirectionally (Gemma 3's image blocks)
+BLOCK_TOKENS = {"<image_soft_token>"}
+
+
+def blocks_of(tokens: list[str], total: int) -> list[int]:
+    """Per position the index of its run of BLOCK_TOKENS, -1 outside every run."""
+    out, run = [], -1
+    for i in range(total):
+        inside = i < len(tokens) and tokens[i] in BLOCK_TOKENS
+        if inside and (i == 0 or out[-1] < 0):
+            run += 1
+        out.append(run if inside else -1)
+    return out
 
 
 def roles_of(tokens: list[str], prompt_len: int, total: int) -> list[str]:
@@ -48,15 +69,25 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     n = key.shape[2]
-    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)[-query.shape[2] :]
+    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+    blocks = STATE.get("blocks", [-1] * n)[:n]
+    window = kwargs.get("sliding_window")
+    for p in range(n):
+        for k in range(n):
+            if blocks[p] >= 0 and blocks[p] == blocks[k]:
+                bias[p, k] = 0.0
+            if window and p - k >= window:
+                bias[p, k] = float("-inf")
+    bias = bias[-query.shape[2] :]
     layer = getattr(module, "layer_idx", None)
     if layer is not None and layer in STATE.get("layers", ()):
         roles = STATE["roles"][:n]
-        for p in range(n - query.shape[2], n):
-            if roles[p] in STATE["tgt"]:
-                for k in range(n):
-                    if roles[k] in STATE["src"]:
-                        bias[p - (n - query.shape[2]), k] = float("-inf")
+        for src, tgt in STATE["pairs"]:
+            for p in range(n - query.shape[2], n):
+                if roles[p] in tgt:
+                    for k in range(n):
+                        if roles[k] in src:
+                            bias[p - (n - query.shape[2]), k] = float("-inf")
     weights = torch.softmax(scores.float() + bias, dim=-1).to(query.dtype)
     STATE.setdefault("weights", {})[layer] = weights
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
@@ -66,17 +97,27 @@ AttentionInterface.register(NAME, _attention)
 AttentionMaskInterface.register(NAME, eager_mask)
 
 
-def greedy_without_cache(model, inputs, tokens, max_new_tokens, src, tgt, layers):
-    """Greedy decoding recomputing the full sequence each step, knockout applied per layer."""
+def greedy_without_cache(
+    model, inputs, tokens, max_new_tokens, src, tgt, layers, pairs=(), suppress=()
+):
+    """Greedy decoding recomputing the full sequence each step, knockout applied per layer:
+    keys of roles `src` blocked for queries of roles `tgt`, and likewise for each further
+    (src, tgt) pair of `pairs`, at `layers`. Token ids in `suppress` are never chosen (as
+    `generate(suppress_tokens=...)`: an image placeholder generated would be read as an image
+    slot when the whole sequence runs again with the image).
+
+    Returns the new ids; STATE["rows"][t] then holds, per layer, the attention row of the
+    position that predicted token t (heads averaged, over every position before it)."""
     ids = inputs["input_ids"]
     n = ids.shape[1]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     STATE.clear()
     STATE.update(
-        src=set(src),
-        tgt=set(tgt),
+        pairs=[(set(src), set(tgt))] + [(set(a), set(b)) for a, b in pairs],
         layers=set(layers),
         roles=roles_of(tokens, n, n + max_new_tokens),
+        blocks=blocks_of(tokens, n + max_new_tokens),
+        rows=[],
     )
     out = []
     with torch.no_grad():
@@ -88,7 +129,12 @@ def greedy_without_cache(model, inputs, tokens, max_new_tokens, src, tgt, layers
                 for k, v in extra.items()
             }
             logits = model(input_ids=ids, use_cache=False, **grown).logits
-            nxt = int(logits[0, -1].argmax())
+            # the last position's attention row per layer, heads averaged: (n + step,)
+            rows = {layer: w[0, :, -1].float().mean(0) for layer, w in STATE["weights"].items()}
+            STATE["rows"].append(rows)
+            last = logits[0, -1].clone()
+            last[list(suppress)] = float("-inf")
+            nxt = int(last.argmax())
             out.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     return out

@@ -124,7 +124,8 @@ def test_empty_session_equals_plain_generate(family, rows, mode, where, tiny_pat
     [("llava", mode) for mode in MODES]
     + [("qwen2_vl", mode) for mode in MODES]
     + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")]
-    + [("qwen3_vl", "beams_sequences"), ("qwen3_vl_moe", "greedy")],
+    + [("qwen3_vl", "beams_sequences"), ("qwen3_vl_moe", "greedy")]
+    + [("gemma3", "greedy"), ("gemma3", "beams_sequences")],
 )
 def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
     """Under image -> query+generated at all layers, every row (beams and returned sequences

@@ -3,6 +3,8 @@ before anything runs, naming the layers and the reason (never a silent partial k
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -77,15 +79,23 @@ def test_layers_the_function_reaches_still_run(mixed):
     assert s.capture.fractions.shape[:2] == (NEW, handle.num_layers)
 
 
-def test_sliding_window_layers_are_refused_before_generation(tiny_path, photo):
-    handle = vlmflow.load(str(tiny_path("qwen2_vl")))
+def test_chunked_layers_are_refused_and_sliding_ones_run(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("gemma3")))
     prompt = handle.prepare(photo)
-    _decoder_layers(handle.model)[0].self_attn.sliding_window = 4
-    everywhere = vlmflow.Knockout.parse("image->query", "all")
-    refused = pytest.raises(VlmflowError, match="layers 0: sliding-window attention")
-    with refused, vlmflow.session(handle, prompt, everywhere):
+    types = handle.model.config.get_text_config().layer_types
+    assert types[0] == "sliding_attention"  # sliding-window layers pass the probe
+    assert guard.coverage(handle, prompt).problems(range(handle.num_layers)) == {}
+    with vlmflow.session(handle, prompt, vlmflow.Knockout.parse("image->query", "all")) as s:
+        assert s.generate(max_new_tokens=NEW).shape == (1, NEW)
+    # a chunked layer (Llama 4): its cache keeps a window, but its keys restart at each chunk
+    fresh = vlmflow.load(str(tiny_path("gemma3")))
+    attention = _decoder_layers(fresh.model)[1].self_attn
+    attention.config = copy.deepcopy(attention.config)  # this layer's own view of the config
+    attention.config.layer_types[1] = "chunked_attention"
+    refused = pytest.raises(VlmflowError, match="layers 1: chunked attention")
+    with refused, vlmflow.session(fresh, prompt, vlmflow.Knockout.parse("image->query", "all")):
         pass
-    with vlmflow.session(handle, prompt, vlmflow.Knockout.parse("image->query", "from:1")) as s:
+    with vlmflow.session(fresh, prompt, vlmflow.Knockout.parse("image->query", "from:2")) as s:
         assert s.generate(max_new_tokens=NEW).shape == (1, NEW)
 
 

@@ -22,6 +22,8 @@ CASES = [
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),
+    ("gemma3", "image-query+generated", "from:1"),
+    ("gemma3", "image-generated", "all"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

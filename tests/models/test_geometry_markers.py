@@ -113,7 +113,7 @@ def _found_qwen(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.nd
 
 
 def _found_tiles(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
-    """InternVL and Idefics3 / SmolVLM: one square crop per tile, in the layout's order."""
+    """InternVL, Idefics3 / SmolVLM and Gemma 3: one square crop per tile, in the layout's order."""
     pixels = inputs["pixel_values"].numpy()
     crops = pixels.reshape(-1, *pixels.shape[-3:])[: len(tiles)]
     red = _red(crops, handle.processor.image_processor)
@@ -130,6 +130,7 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "internvl": _found_tiles,
     "idefics3": _found_tiles,
     "smolvlm": _found_tiles,
+    "gemma3": _found_tiles,
 }
 
 
@@ -226,6 +227,17 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
         "split": _none,
         "no split": _set(do_image_splitting=False),
     },
+    "gemma3": {
+        "squash": _none,
+        # the whole picture, then crops side by side (or stacked) of wide or tall images
+        "pan and scan": _processor_kwargs(
+            do_convert_rgb=True,
+            do_pan_and_scan=True,
+            pan_and_scan_min_crop_size=20,
+            pan_and_scan_max_num_crops=4,
+            pan_and_scan_min_ratio_to_activate=1.2,
+        ),
+    },
 }
 # (width, height): wide, tall, square, and thin banners and strips
 SIZES = [(200, 100), (100, 200), (90, 90), (300, 20), (20, 300), (30, 800)]
@@ -241,7 +253,7 @@ def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         ip = handle.processor.image_processor
         return float(ip.patch_size * ip.merge_size)
-    return 56 / tile.rows  # InternVL / Idefics3 crops are 56 px here
+    return 56 / tile.rows  # InternVL / Idefics3 / Gemma 3 crops are 56 px here
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

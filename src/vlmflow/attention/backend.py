@@ -60,13 +60,14 @@ def entered(session: Session) -> Iterator[None]:
     with _LOCK:
         for key in session.modules:
             _OPEN.setdefault(key, []).append(session)
-    hook = session.handle.model.register_forward_pre_hook(
-        partial(_check_inputs, session), with_kwargs=True
-    )
+    model = session.handle.model
+    hook = model.register_forward_pre_hook(partial(_check_inputs, session), with_kwargs=True)
+    ended = model.register_forward_hook(lambda *_: session.begin_pass(None))
     try:
         yield
     finally:
         hook.remove()
+        ended.remove()
         session.is_open = False
         with _LOCK:
             for key in session.modules:
@@ -123,8 +124,10 @@ def _check_inputs(
     session: Session, model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """Forward pre-hook on the session's model: when the session applies to this pass, refuse
-    token ids that are not its prompt's; a pass from position 0 starts a new run, so the capture
+    token ids that are not its prompt's and note the positions the pass computes (what places
+    the keys of sliding-window layers); a pass from position 0 starts a new run, so the capture
     keeps only the latest run (a second `s.generate()` never mixes its steps with the first's)."""
+    session.begin_pass(None)
     ids = kwargs.get("input_ids", args[0] if args else None)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         return
@@ -132,6 +135,7 @@ def _check_inputs(
     past = int(cache.get_seq_length()) if cache is not None else 0
     if current(model, int(ids.shape[1]), past + int(ids.shape[1])) is session:
         session.check_inputs(ids, past)
+        session.begin_pass(past + int(ids.shape[1]), int(ids.shape[1]))
         if past == 0 and session.recorder is not None:
             session.recorder.clear()
 
@@ -179,10 +183,18 @@ def attention(
     Returns:
         (output (b, q, h, d), None): attention weights are never returned, as with SDPA.
 
+    Sliding-window layers (`sliding_window` in kwargs or on the module): once the cache has
+    dropped positions the keys are the last window - 1 positions plus the new ones, so key j
+    is absolute position end - kv + j (`Session.key_end`); roles are read there, the mask
+    transformers passed (window, padding, Gemma 3's bidirectional image blocks) is kept and
+    only knocked keys are removed from it, and captured weights are laid over absolute
+    positions (0 outside the window). Those layers always take the dense path.
+
     Raises:
-        VlmflowError: a layer the session cannot handle exactly (sliding window, soft-capped
-            or sink attention), or capture over a batch that is not one row per prompt row
-            (num_beams or num_return_sequences > 1).
+        VlmflowError: a layer the session cannot handle exactly (soft-capped or sink
+            attention), a sliding-window call whose key positions are unknown or whose
+            knockout leaves a query no key, or capture over a batch that is not one row per
+            prompt row (num_beams or num_return_sequences > 1).
     """
     guard.record(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
@@ -195,17 +207,24 @@ def attention(
     session.check_layer(module, kwargs)
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
-    roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
-    step = kv_len - session.prompt_length
+    window = _window(module, kwargs)
+    # keys hold the absolute positions [start, end): start > 0 only on a sliding-window layer
+    # whose cache dropped positions
+    end = kv_len if window is None else session.key_end(q_len, kv_len, window)
+    start = end - kv_len
+    roles = session.key_roles(end, query.device, expand)  # (b * expand, end) absolute
+    step = end - session.prompt_length
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)
     split = None
-    if SPLIT and attention_mask is None:
+    if SPLIT and attention_mask is None and start == 0:
         split = session.split(layer, q_len, kv_len, query.device)
     cut = None
     if split is None:
-        present = session.query_role_codes(kv_len - q_len, kv_len)
-        cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
+        present = session.query_role_codes(end - q_len, end)
+        cut = blocked(session.knockouts, layer, roles[:, end - q_len :], roles, present, expand)
+        if cut is not None and start:
+            cut = cut[:, :, start:]  # (b, q, kv): the keys the layer holds
     if split is not None and split.groups:
         out = _split_attention(module, query, key, value, split, scaling, dropout, kwargs)
         row = split.last_row
@@ -221,15 +240,56 @@ def attention(
         mask = (
             attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
         )
-        mask = mask & ~cut[:, None]  # (b, 1, q, kv)
+        knocked = mask & ~cut[:, None]  # (b, 1, q, kv)
+        if window is not None and session.self_blocking:
+            _check_rows(session, mask, knocked, layer)
+        mask = knocked
         out, _ = sdpa_attention_forward(
             module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
         )
         row = mask[:, :, -1:, :]
     if record and recorder is not None:
         weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
-        recorder.record(layer, step, weights, roles)
+        recorder.record(layer, step, _absolute(weights, start), roles)
     return out, None
+
+
+# -- sliding-window layers: which absolute positions the keys hold -----------------------------
+
+
+def _window(module: torch.nn.Module, kwargs: dict[str, Any]) -> int | None:
+    """The layer's sliding window in positions (the query's own included), None for a layer
+    that sees every earlier position."""
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    return int(window) if window else None
+
+
+def _absolute(
+    weights: torch.Tensor,  # (b, h, kv) over keys at absolute positions [start, start + kv)
+    start: int,
+) -> torch.Tensor:  # (b, h, start + kv)
+    """Attention weights over every absolute position: the positions a sliding-window layer's
+    cache dropped get weight 0 (the query cannot see them)."""
+    if not start:
+        return weights
+    return torch.nn.functional.pad(weights, (start, 0))
+
+
+def _check_rows(
+    session: Session,
+    mask: torch.Tensor,  # (b, 1, q, kv) bool before the knockout
+    knocked: torch.Tensor,  # (b, 1, q, kv) bool after it
+    layer: int,
+) -> None:
+    """Refuse a knockout that leaves a query of a sliding-window layer no key to attend to
+    (its window holds blocked keys only): softmax over nothing has no value. Rows that had no
+    key before it (padding) are not the knockout's doing."""
+    if bool((mask.any(dim=-1) & ~knocked.any(dim=-1)).any()):
+        session.refuse(
+            f"a knockout leaves a query at layer {layer} no key to attend to: the layer's"
+            " sliding window holds only keys the knockout blocks for it; choose src and tgt"
+            " roles that differ or other layers"
+        )
 
 
 def _split_attention(

@@ -190,13 +190,25 @@ def _shared_cache(
     return DynamicCache(ddp_cache_data=joined), shared
 
 
+def whole_cache() -> Any:
+    """An empty KV cache whose every layer keeps every position, so that a position's keys can
+    be copied or sliced by its absolute index: transformers' own cache for a model with
+    sliding-window layers keeps only their last window - 1 positions. On those layers the
+    window then lives in the mask alone (transformers builds it over all cached positions)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def _prefix(model: Any, inputs: Any, stop: int) -> Any:
-    """Forward the first `stop` prompt positions (with the image inputs); returns the cache."""
+    """Forward the first `stop` prompt positions (with the image inputs); returns the cache,
+    every position kept at every layer (`whole_cache`)."""
     cut = {
         k: v[:, :stop] if k in _PER_POSITION and isinstance(v, torch.Tensor) else v
         for k, v in inputs.items()
     }
-    return model(**cut, use_cache=True, logits_to_keep=1).past_key_values
+    out = model(**cut, past_key_values=whole_cache(), use_cache=True, logits_to_keep=1)
+    return out.past_key_values
 
 
 def _chunk(

@@ -6,8 +6,9 @@ attention itself) would let a knockout pass silently: its keys stay visible and 
 no row for it. So before the first session on a model, one probe forward over two tokens of the
 session's prompt records every layer that calls the function and the arguments it passes; a
 session whose layers include one that did not call it, or one whose arguments the function cannot
-honour exactly (sliding window, soft-capping, attention sinks), is refused in one line naming the
-layers and the reason, before any generation runs.
+honour exactly (soft-capping, attention sinks, chunked attention), is refused in one line naming
+the layers and the reason, before any generation runs. Sliding-window layers are honoured: the
+function maps their keys to absolute positions (`vlmflow.attention.backend`).
 """
 
 from __future__ import annotations
@@ -70,13 +71,23 @@ def record(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
 
 def unsupported(module: torch.nn.Module, kwargs: dict[str, Any]) -> str:
     """Why the attention function cannot act exactly at this call ("" when it can)."""
-    if getattr(module, "sliding_window", None) or kwargs.get("sliding_window"):
-        return "sliding-window attention (its cache drops key positions)"
+    if _layer_type(module) == "chunked_attention":
+        return "chunked attention (its keys restart at each chunk)"
     if kwargs.get("softcap") is not None:
         return "soft-capped attention (capture cannot reproduce its weights)"
     if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
         return "attention sinks (capture cannot reproduce its weights)"
     return ""
+
+
+def _layer_type(module: torch.nn.Module) -> str | None:
+    """The decoder layer's type in its config's `layer_types` ("full_attention",
+    "sliding_attention", "chunked_attention", ...), None when the config does not say."""
+    types = getattr(getattr(module, "config", None), "layer_types", None)
+    layer = getattr(module, "layer_idx", None)
+    if not isinstance(types, list | tuple) or not isinstance(layer, int) or layer >= len(types):
+        return None
+    return str(types[layer])
 
 
 @contextmanager

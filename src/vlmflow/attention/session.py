@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
@@ -82,6 +82,10 @@ class Session:
         self._by_device: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
         self._checked: set[int] = set()
+        # a knockout blocking a role from itself: on a sliding-window layer a query's window may
+        # hold blocked keys only, which the attention function checks per call
+        self.self_blocking = any(bool((k.tgt & k.src).any()) for k in self.knockouts)
+        self._pass = threading.local()  # .end, .q: the model's forward pass in this thread
         # every row holds the same roles and no padding: knockouts acting on every row can run
         # without a (b, 1, q, kv) mask (`split`)
         codes = layout.codes
@@ -129,7 +133,7 @@ class Session:
                 )
             )
 
-    def refuse(self, message: str) -> None:
+    def refuse(self, message: str) -> NoReturn:
         """Raise VlmflowError(message) and keep it, so that reading the capture raises it too
         (a refusal inside a thread does not reach the thread that reads the results)."""
         error = VlmflowError(message)
@@ -188,6 +192,33 @@ class Session:
             codes = base.to(device).repeat_interleave(expand, dim=0)
             self._by_device[(device, expand)] = codes
         return codes[:, :kv_len]
+
+    def begin_pass(self, end: int | None, q_len: int = 0) -> None:
+        """Note the forward pass of the session's model now running in this thread: it computes
+        positions [end - q_len, end) (None: a pass whose positions are unknown, or none)."""
+        self._pass.end = end
+        self._pass.q = q_len
+
+    def key_end(self, q_len: int, kv_len: int, window: int) -> int:
+        """One past the absolute position of the last key of a call on a sliding-window layer
+        (`window` positions, the query's own included) with `q_len` queries and `kv_len` keys.
+
+        The keys are the positions [end - kv_len, end): a cache that dropped positions holds
+        the last window - 1 of them (transformers' `DynamicSlidingWindowLayer`), so kv_len =
+        window - 1 + q_len and `end` comes from the forward pass the model runs (`begin_pass`,
+        its cache length plus its new positions); any other key count starts at position 0.
+        Raises VlmflowError when the pass is unknown or does not fit the keys.
+        """
+        if q_len == kv_len or kv_len != window - 1 + q_len:
+            return kv_len
+        end: int | None = getattr(self._pass, "end", None)
+        if end is None or getattr(self._pass, "q", 0) != q_len or end < kv_len:
+            self.refuse(
+                f"a sliding-window layer got {kv_len} keys for {q_len} queries outside a forward"
+                " pass of the session's model over its input ids, so its keys' positions are"
+                " unknown: run the model itself (s.generate or model(input_ids=...))"
+            )
+        return end
 
     def split(self, layer: int, q_len: int, kv_len: int, device: torch.device) -> Split | None:
         """How the call over positions [kv_len - q_len, kv_len) at `layer` computes its
@@ -354,7 +385,8 @@ def _starves(knockout: ResolvedKnockout, codes: torch.Tensor) -> bool:
     itself, so each targeted position needs an earlier (or its own) key of an unblocked role
     that is not padding; decode steps (`generated`) see the whole prompt, so when `generated`
     is blocked from itself some prompt key of an unblocked role must exist in every row.
-    Sliding-window layers, whose keys end earlier, are refused for any knockout.
+    On sliding-window layers a query sees fewer keys: the attention function checks those
+    calls itself (`self_blocking`).
     """
     codes = codes.long()
     free = ~knockout.src[codes] & (codes != int(Role.PAD))  # (b, n) keys still visible

@@ -244,6 +244,10 @@ def compress(
     Paper Sec. 5 (efficient visual processing): the kept context is the prompt's prefix
     (attention sinks), its query tokens and per layer the top-k image tokens.
 
+    Sliding-window layers (Gemma 3) keep their kept positions like every layer; a follow-up
+    token there sees the last window - 1 slots of the compressed context (its window counts
+    cached slots, as transformers counts them), which are the original positions only at k = 1.
+
     Args:
         handle: the loaded model.
         image: one image (path, URL, PIL image or array, as `Handle.prepare` takes).
@@ -262,6 +266,7 @@ def compress(
             exactly one image.
     """
     import vlmflow
+    from vlmflow.attention.batch import whole_cache
 
     if max_new_tokens < 1:
         raise VlmflowError(
@@ -281,6 +286,7 @@ def compress(
     with vlmflow.session(handle, batch, capture=capture) as s, torch.inference_mode():
         out = handle.model.generate(
             **batch.inputs,
+            past_key_values=whole_cache(),  # kept positions are sliced by absolute index
             do_sample=False,
             max_new_tokens=max_new_tokens,
             return_dict_in_generate=True,

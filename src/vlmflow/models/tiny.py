@@ -20,6 +20,9 @@ bus person tree house apple ball cup chair table yes no how many one two three i
 color object objects near behind front under above beside photo scene shows some
 many few big little white black brown sky road water grass
 """.split()
+# Gemma 3's sliding window in the tiny model: wider than the tests' prompts plus generations, so
+# that every layer sees the image (tests of windows smaller than the sequence set their own)
+GEMMA3_WINDOW = 128
 # Without torchvision the video-capable processors get no video processor (see processors.py).
 _NO_VIDEO: dict[str, Any] = {} if has_torchvision() else {"video_processor": None}
 
@@ -33,6 +36,7 @@ TINY_FAMILIES = (
     "internvl",
     "idefics3",
     "smolvlm",
+    "gemma3",
 )
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
@@ -105,17 +109,21 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
     }
 
 
-def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+def _vision(**extra: Any) -> dict[str, Any]:
+    """A tiny ViT: 56 px pictures in 14 px patches (a 4 x 4 grid), two layers."""
     return {
-        "model_type": "clip_vision_model",
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
-        "image_size": image_size,
+        "image_size": 56,
         "patch_size": 14,
-        "projection_dim": 32,
+        **extra,
     }
+
+
+def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+    return _vision(model_type="clip_vision_model", image_size=image_size, projection_dim=32)
 
 
 def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
@@ -313,14 +321,7 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision: dict[str, Any] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    vision = _vision()
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
@@ -354,6 +355,51 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     return config, processor
 
 
+def _gemma3(out: Path) -> tuple[Any, Any]:
+    """Gemma 3: 16 image soft tokens (a 4 x 4 grid over the squashed 56 px picture) between
+    `<start_of_image>` and `<end_of_image>`; three sliding-window layers and one full one."""
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
+
+    specials = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    extra = {"boi_token": specials[0], "eoi_token": specials[1], "image_token": specials[2]}
+    tok = _tokenizer(specials, extra)
+    layers = ["sliding_attention"] * 3 + ["full_attention"]
+    text = _text_config(
+        "gemma3_text",
+        len(tok),
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=GEMMA3_WINDOW,
+        layer_types=layers,
+    )
+    config = Gemma3Config(
+        vision_config=_vision(model_type="siglip_vision_model"),
+        text_config=text,
+        mm_tokens_per_image=16,
+        boi_token_index=tok.boi_token_id,
+        eoi_token_index=tok.eoi_token_id,
+        image_token_index=tok.image_token_id,
+        tie_word_embeddings=False,
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": 56, "width": 56})
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=16,
+        chat_template=_chat_template(specials[0]),
+    )
+    return config, processor
+
+
+def _random_projection(model: Any) -> None:
+    """Gemma 3 initialises its image projection to zeros (the image would be irrelevant)."""
+    import torch
+
+    weight = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        weight.normal_(0.0, 0.2)
+
+
 _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "llava": lambda out: _llava(out, anyres=False),
     "llava_next": lambda out: _llava(out, anyres=True),
@@ -364,7 +410,10 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "internvl": _internvl,
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
+    "gemma3": _gemma3,
 }
+# after the random initialisation: weights a family's own init leaves at zero
+_FINISH: dict[str, Callable[[Any], None]] = {"gemma3": _random_projection}
 
 
 # Processor init arguments that the image-only save must keep.
@@ -386,6 +435,8 @@ def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:
     config, processor = _BUILDERS[family](out)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
+    if family in _FINISH:
+        _FINISH[family](model)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
