@@ -184,8 +184,8 @@ def attention(
             or sink attention), or capture over a batch that is not one row per prompt row
             (num_beams or num_return_sequences > 1).
     """
-    guard.record(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
+    guard.record(module, kwargs, q_len, kv_len)
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)
     if session is None or layer is None or not session.touches(layer):

@@ -2,7 +2,8 @@
 
 Everything else in vlmflow is family-agnostic; a family is one module here (`llava`, `qwen_vl`,
 `internvl`, `idefics`) holding a `TokenRoles` subclass registered with `register`, on the shared
-interface and registry (`registry`) and image-grid geometry (`geometry`).
+interface and registry (`registry`) and image-grid geometry (`geometry`). A model type no family
+claims loads through the generic resolver (`generic`: roles only) when its image token is found.
 """
 
 # isort: off
@@ -10,6 +11,7 @@ interface and registry (`registry`) and image-grid geometry (`geometry`).
 from vlmflow.models.families import llava, qwen_vl, internvl, idefics  # noqa: F401
 
 # isort: on
+from vlmflow.models.families.generic import GenericResolverWarning, GenericRoles, generic_for
 from vlmflow.models.families.registry import (
     ImageInput,
     TokenRoles,
@@ -26,9 +28,12 @@ SUPPORTED_MODEL_TYPES = supported_model_types()
 __all__ = [
     "RESOLVERS",
     "SUPPORTED_MODEL_TYPES",
+    "GenericResolverWarning",
+    "GenericRoles",
     "ImageInput",
     "Role",
     "TokenRoles",
+    "generic_for",
     "register",
     "resolver_for",
 ]
