@@ -180,8 +180,8 @@ def attention(
         (output (b, q, h, d), None): attention weights are never returned, as with SDPA.
 
     Raises:
-        VlmflowError: a layer the session cannot handle exactly (sliding window, soft-capped
-            or sink attention), or capture over a batch that is not one row per prompt row
+        VlmflowError: a layer the session cannot handle exactly (sliding window, chunked,
+            soft-capped or sink attention, see `guard.unsupported`), or capture over a batch that is not one row per prompt row
             (num_beams or num_return_sequences > 1).
     """
     q_len, kv_len = query.shape[2], key.shape[2]

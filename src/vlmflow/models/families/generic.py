@@ -10,8 +10,9 @@ span has one grid marked unplaced: maps, localization and the lens' image grids 
 line. Knockout and capture act through the attention function as for every family, and the
 guard (`vlmflow.attention.guard`) refuses the layers it does not reach exactly, so results are
 exact or refused. `compress` and the shared prefill of `generate_variants` need the model's
-positions: they run where the model numbers prompt positions 0..n-1 (checked on the model) and
-are refused otherwise (multimodal rotary positions, offsets).
+positions: they run where the model numbers prompt positions 0..n-1 (checked once per model: no
+multimodal rotary positions, and the rotary embedding of a text forward sees 0, 1) and are
+refused otherwise.
 
 Refused outright, before weights load: configs without a findable image token, and
 encoder-decoder models, whose text reads the image through cross-attention that a
@@ -130,27 +131,37 @@ class GenericRoles(TokenRoles):
 
 def _own_positions(model: Any) -> str:
     """Why `model` does not number prompt positions 0..n-1 ("" when it does): multimodal rotary
-    positions (a `get_rope_index`), or a two-token text forward whose logits change when given
-    positions 0, 1 explicitly."""
+    positions (a `get_rope_index`), no rotary embedding to read positions from, or a two-token
+    text forward whose rotary embedding receives positions other than 0, 1."""
     inner = getattr(model, "model", model)
     if hasattr(inner, "get_rope_index") or hasattr(model, "get_rope_index"):
         return "numbers image positions by multimodal rotary axes"
-    device = next(model.parameters()).device
-    ids = torch.tensor([[model.config.get_text_config().bos_token_id or 0, 0]], device=device)
+    rotary = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
+    if not rotary:
+        return "has no rotary embedding to read its positions from"
+    seen: list[torch.Tensor] = []
+
+    def note(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        found = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+        if isinstance(found, torch.Tensor):
+            seen.append(found.detach().cpu())
+
     from vlmflow.attention import backend
 
+    device = next(model.parameters()).device
+    ids = torch.zeros(1, 2, dtype=torch.long, device=device)  # (1, 2)
+    hooks = [m.register_forward_pre_hook(note, with_kwargs=True) for m in rotary]
     token = backend.ACTIVE.set(())  # plain attention: no session applies to the check
     try:
         with torch.inference_mode():
-            own = model(input_ids=ids, use_cache=False).logits
-            given = model(
-                input_ids=ids, position_ids=torch.arange(2, device=device)[None], use_cache=False
-            ).logits
+            model(input_ids=ids, use_cache=False)
     except Exception as err:
         return f"cannot run a two-token text forward ({type(err).__name__}) to check its positions"
     finally:
         backend.ACTIVE.reset(token)
-    if not torch.equal(own, given):
+        for hook in hooks:
+            hook.remove()
+    if not seen or any(not bool((p == torch.arange(2)).all()) for p in seen):
         return "numbers positions other than 0..n-1"
     return ""
 
