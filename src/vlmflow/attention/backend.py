@@ -181,8 +181,8 @@ def attention(
 
     Raises:
         VlmflowError: a layer the session cannot handle exactly (sliding window, chunked,
-            soft-capped or sink attention, see `guard.unsupported`), or capture over a batch that is not one row per prompt row
-            (num_beams or num_return_sequences > 1).
+            soft-capped or sink attention: `guard.unsupported`), or capture over a batch that
+            is not one row per prompt row (num_beams or num_return_sequences > 1).
     """
     q_len, kv_len = query.shape[2], key.shape[2]
     guard.record(module, kwargs, q_len, kv_len)

@@ -108,17 +108,21 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
     }
 
 
-def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+def _small_vision(**extra: Any) -> dict[str, Any]:
+    """A two-layer vision tower of width 32 over 56 px images in 14 px patches."""
     return {
-        "model_type": "clip_vision_model",
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
-        "image_size": image_size,
+        "image_size": 56,
         "patch_size": 14,
-        "projection_dim": 32,
+        **extra,
     }
+
+
+def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+    return _small_vision(model_type="clip_vision_model", image_size=image_size, projection_dim=32)
 
 
 def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
@@ -156,12 +160,34 @@ def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
     return config, processor
 
 
-def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
+def _qwen_parts(processor_class: type) -> tuple[Any, dict[str, Any], Any]:
+    """What the Qwen-VL lineage shares: the tokenizer with its vision tokens, their ids as
+    config keywords, and the processor (`processor_class`) over a Qwen2-VL image processor of
+    56-112 px images in 14 px patches merged 2 x 2."""
     from transformers import Qwen2VLImageProcessorPil
 
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(specials)
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    tokens: dict[str, Any] = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2
+    )
+    processor = _video_capable(processor_class)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+        **_NO_VIDEO,
+    )
+    return tok, tokens, processor
+
+
+def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
     vision: dict[str, Any] = {
         "depth": 2,
         "num_heads": 2,
@@ -188,23 +214,12 @@ def _qwen_vl(out: Path, version: str) -> tuple[Any, Any]:
             "fullatt_block_indexes": [1],
         }
         text_type = "qwen2_5_vl_text"
+    tok, tokens, processor = _qwen_parts(Processor)
     rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
     config = Config(
         vision_config=vision,
         text_config=_text_config(text_type, len(tok), rope_parameters=rope),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2
-    )
-    processor = _video_capable(Processor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
-        **_NO_VIDEO,
+        **tokens,
     )
     return config, processor
 
@@ -253,14 +268,7 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision: dict[str, Any] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    vision = _small_vision()
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
@@ -310,16 +318,7 @@ def _aya_vision(out: Path) -> tuple[Any, Any]:
     ]
     tok = _tokenizer(specials)
     config = AyaVisionConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-            "vision_use_head": False,
-        },
+        vision_config=_small_vision(model_type="siglip_vision_model", vision_use_head=False),
         text_config=_text_config("cohere2", len(tok), layer_types=["full_attention"] * 4),
         image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
         downsample_factor=2,
@@ -340,11 +339,9 @@ def _aya_vision(out: Path) -> tuple[Any, Any]:
 def _qwen3_5(out: Path) -> tuple[Any, Any]:
     """Qwen3.5: hybrid decoder, linear attention (gated delta rule) in layers 0-2, softmax
     attention in layer 3; Qwen2-VL-style image tokens."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3VLProcessor
+    from transformers import Qwen3_5Config, Qwen3VLProcessor
 
-    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(specials)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    tok, tokens, processor = _qwen_parts(Qwen3VLProcessor)
     rope = {
         "rope_type": "default",
         "mrope_section": [2, 1, 1],
@@ -376,19 +373,7 @@ def _qwen3_5(out: Path) -> tuple[Any, Any]:
             "num_position_embeddings": 16,
         },
         text_config=text,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2
-    )
-    processor = _video_capable(Qwen3VLProcessor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
-        **_NO_VIDEO,
+        **tokens,
     )
     return config, processor
 
@@ -410,17 +395,9 @@ def _llama4(out: Path) -> tuple[Any, Any]:
         no_rope_layers=[1, 1, 1, 0],
     )
     config = Llama4Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-            "vision_output_dim": 32,
-            "projector_input_dim": 64,
-            "projector_output_dim": 64,
-        },
+        vision_config=_small_vision(
+            vision_output_dim=32, projector_input_dim=64, projector_output_dim=64
+        ),
         text_config=text,
         boi_token_index=tok.convert_tokens_to_ids("<|image_start|>"),
         eoi_token_index=tok.convert_tokens_to_ids("<|image_end|>"),
