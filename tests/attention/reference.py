@@ -24,6 +24,7 @@ IMAGE_TOKENS = {
     "<IMG_CONTEXT>",
     "<fake_token_around_image>",
     "<global-img>",
+    "<|IMG_PATCH|>",  # Aya Vision (generic resolver: its begin / end markers are text)
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 
 

@@ -20,6 +20,7 @@ CASES = [
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),
+    ("aya_vision", "image-query+generated", "from:1"),  # the generic resolver
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import vlmflow
+from vlmflow.cli import main
 from vlmflow.experiments.localization import TokenGrid
 from vlmflow.experiments.maps import render
 from vlmflow.models.families import SUPPORTED_MODEL_TYPES, GenericResolverWarning, GenericRoles
@@ -141,3 +142,18 @@ def test_encoder_decoder_types_are_refused_before_weights_load(tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert "'florence2' is an encoder-decoder" in message and "cross-attention" in message
+
+
+def test_the_cli_prints_the_warning_as_one_line(tiny_path, photo, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    photo.save(image)
+    path = str(tiny_path(FAMILY))
+    code = main(["describe", str(image), "--model", path, "--max-new-tokens", "2", "--json"])
+    assert code == 0
+    err = capsys.readouterr().err.splitlines()
+    notes = [line for line in err if "generic resolver" in line]
+    assert notes == [
+        "vlmflow describe: warning: model type 'aya_vision' has no family module: loaded with "
+        "the generic resolver (image token '<|IMG_PATCH|>'; roles only, maps and localization "
+        "refused)"
+    ]

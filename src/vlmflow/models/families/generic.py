@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from vlmflow.errors import VlmflowError
+from vlmflow.errors import VlmflowError, VlmflowWarning
 from vlmflow.models.families.registry import ImageInput, TokenRoles, unsupported_family
 from vlmflow.models.layout import WHOLE, ImageSpan, Tile
 
 _CONFIG_KEYS = ("image_token_id", "image_token_index")
 
 
-class GenericResolverWarning(UserWarning):
+class GenericResolverWarning(VlmflowWarning):
     """`vlmflow.load` used the generic resolver: roles only, no map layout."""
 
 
