@@ -1,4 +1,5 @@
-"""Tiny random VLMs of every supported family, built from configs, saved as standard checkpoints.
+"""Tiny random VLMs of every supported family (and of the model types the generic resolver and
+the guard are tested on), built from configs, saved as standard checkpoints.
 
 They load through `AutoProcessor` / `AutoModelForImageTextToText` exactly like hub checkpoints,
 so tests, benchmarks and the CLI exercise the same code paths users run, with no download.
@@ -443,7 +444,7 @@ def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:
         from vlmflow.errors import VlmflowError
 
         raise VlmflowError(
-            f"no tiny model for family {family!r}: choose one of {', '.join(TINY_FAMILIES)}"
+            f"no tiny model for family {family!r}: choose one of {', '.join(_BUILDERS)}"
         )
     out = Path(out)
     config, processor = _BUILDERS[family](out)
