@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import vlmflow
@@ -113,9 +115,18 @@ def test_batch_with_left_padding(family, tiny_path, photo, photo2):
 
 
 def test_unsupported_family_lists_supported(tmp_path):
+    # BLIP-2 feeds query tokens, not image tokens: its config names none, nor has it a processor
     (tmp_path / "config.json").write_text('{"model_type": "blip-2"}')
-    with pytest.raises(vlmflow.VlmflowError, match=r"llava_next.*qwen2_vl.*internvl"):
+    with pytest.raises(vlmflow.VlmflowError) as err:
         vlmflow.load(str(tmp_path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("unsupported model family 'blip-2': vlmflow supports llava, ")
+    assert re.search(r"llava_next.*qwen2_vl.*internvl", message)
+    assert message.endswith(
+        "and other model types whose image token it finds (config image_token_id / "
+        "image_token_index, or the processor's image_token)"
+    )
 
 
 def test_pad_tokens_that_disagree_with_the_merge_size_are_refused(tiny_path, photo):

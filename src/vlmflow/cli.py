@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 # name -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,13 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     _quiet_transformers()
     try:
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = partial(_show_warning, args.command, warnings.showwarning)
+            return int(module.run(args) or 0)
     except VlmflowError as err:
         print(f"vlmflow {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"vlmflow {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(command: str, show: Any, message: Any, category: type, *rest: Any) -> None:
+    """vlmflow's own warnings as one line on stderr; others as Python shows them (`show`)."""
+    from vlmflow.errors import VlmflowWarning
+
+    if issubclass(category, VlmflowWarning):
+        print(f"vlmflow {command}: warning: {message}", file=sys.stderr)
+    else:
+        show(message, category, *rest)
 
 
 def _quiet_transformers() -> None:

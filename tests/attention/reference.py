@@ -29,6 +29,7 @@ IMAGE_TOKENS = {
     "<IMG_CONTEXT>",
     "<fake_token_around_image>",
     "<global-img>",
+    "<|IMG_PATCH|>",  # Aya Vision (generic resolver: its begin / end markers are text)
     "<start_of_image>",
     "<image_soft_token>",
     "<end_of_image>",

@@ -125,7 +125,8 @@ def test_empty_session_equals_plain_generate(family, rows, mode, where, tiny_pat
     + [("qwen2_vl", mode) for mode in MODES]
     + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")]
     + [("qwen3_vl", "beams_sequences"), ("qwen3_vl_moe", "greedy")]
-    + [("gemma3", "greedy"), ("gemma3", "beams_sequences")],
+    + [("gemma3", "greedy"), ("gemma3", "beams_sequences")]
+    + [("aya_vision", "greedy"), ("aya_vision", "beams")],  # the generic resolver
 )
 def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
     """Under image -> query+generated at all layers, every row (beams and returned sequences

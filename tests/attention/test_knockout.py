@@ -24,6 +24,7 @@ CASES = [
     ("llava_next", "image-query", "only:0-1"),
     ("gemma3", "image-query+generated", "from:1"),
     ("gemma3", "image-generated", "all"),
+    ("aya_vision", "image-query+generated", "from:1"),  # the generic resolver
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

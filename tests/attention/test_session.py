@@ -9,16 +9,18 @@ from transformers import AutoModelForImageTextToText
 
 import vlmflow
 from vlmflow.attention import backend
-from vlmflow.models.tiny import TINY_FAMILIES
+from vlmflow.models.tiny import GENERIC_FAMILIES, TINY_FAMILIES
 
 NEW = 8
+# registered families, and model types that load through the generic resolver
+FAMILIES = TINY_FAMILIES + GENERIC_FAMILIES
 
 
 def _plain(path, impl):
     return AutoModelForImageTextToText.from_pretrained(path, attn_implementation=impl).eval()
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_empty_session_equals_eager_and_sdpa(family, tiny_path, photo):
     path = str(tiny_path(family))
     handle = vlmflow.load(path)
@@ -34,7 +36,7 @@ def test_empty_session_equals_eager_and_sdpa(family, tiny_path, photo):
         assert ours.tolist() == theirs[:, n:].tolist(), impl
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cached_equals_uncached(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)
@@ -46,7 +48,7 @@ def test_cached_equals_uncached(family, tiny_path, photo):
         assert cached.tolist() == uncached.tolist()
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     ("setting", "spec", "rows"),
     [

@@ -8,7 +8,7 @@ import torch
 import vlmflow
 from vlmflow.compression import compress, load_context
 from vlmflow.compression.context import continuation_ids
-from vlmflow.models.tiny import TINY_FAMILIES
+from vlmflow.models.tiny import GENERIC_FAMILIES, TINY_FAMILIES
 from vlmflow.roles import Role
 
 QUESTIONS = ("Is there a dog in the image?", "How many objects are there?")
@@ -31,7 +31,7 @@ def _full_prompt_answer(handle, image, context, question, new):
     return out[0, ids.shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", TINY_FAMILIES + GENERIC_FAMILIES)
 def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     context = compress(handle, photo, k=1.0, max_new_tokens=8)

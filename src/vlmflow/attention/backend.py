@@ -191,13 +191,13 @@ def attention(
     positions (0 outside the window). Those layers always take the dense path.
 
     Raises:
-        VlmflowError: a layer the session cannot handle exactly (soft-capped or sink
-            attention), a sliding-window call whose key positions are unknown or whose
-            knockout leaves a query no key, or capture over a batch that is not one row per
-            prompt row (num_beams or num_return_sequences > 1).
+        VlmflowError: a layer the session cannot handle exactly (chunked, soft-capped or
+            sink attention: `guard.unsupported`), a sliding-window call whose key positions
+            are unknown or whose knockout leaves a query no key, or capture over a batch that
+            is not one row per prompt row (num_beams or num_return_sequences > 1).
     """
-    guard.record(module, kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
+    guard.record(module, kwargs, q_len, kv_len)
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)
     if session is None or layer is None or not session.touches(layer):

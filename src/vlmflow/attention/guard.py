@@ -6,8 +6,9 @@ attention itself) would let a knockout pass silently: its keys stay visible and 
 no row for it. So before the first session on a model, one probe forward over two tokens of the
 session's prompt records every layer that calls the function and the arguments it passes; a
 session whose layers include one that did not call it, or one whose arguments the function cannot
-honour exactly (soft-capping, attention sinks, chunked attention), is refused in one line naming
-the layers and the reason, before any generation runs. Sliding-window layers are honoured: the
+honour exactly (chunked attention, soft-capping, attention sinks, keys that are not sequence
+positions, a layer type other than full or sliding attention), is refused in one line naming the
+layers and the reason, before any generation runs. Sliding-window layers are honoured: the
 function maps their keys to absolute positions (`vlmflow.attention.backend`).
 """
 
@@ -43,6 +44,7 @@ class Coverage:
 
     calls: dict[int, str]
     num_layers: int
+    layer_types: tuple[str, ...] = ()  # the config's `layer_types`, when it lists them
 
     def problems(self, layers: Iterable[int]) -> dict[int, str]:
         """For each of `layers` that vlmflow cannot act on exactly, the reason."""
@@ -50,7 +52,9 @@ class Coverage:
         for layer in sorted(set(layers)):
             reason = self.calls.get(layer)
             if reason is None:
-                out[layer] = "never calls the attention function (not softmax attention)"
+                kind = self.layer_types[layer] if layer < len(self.layer_types) else ""
+                what = f"{kind} layers" if kind else "not softmax attention"
+                out[layer] = f"never calls the attention function ({what})"
             elif reason:
                 out[layer] = reason
         return out
@@ -59,35 +63,65 @@ class Coverage:
 _COVERAGE: weakref.WeakKeyDictionary[torch.nn.Module, Coverage] = weakref.WeakKeyDictionary()
 
 
-def record(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
-    """Called by the attention function on every call: notes the layer while a probe runs."""
+def record(module: torch.nn.Module, kwargs: dict[str, Any], queries: int, keys: int) -> None:
+    """Called by the attention function on every call, with its query and key counts: notes
+    the layer while a probe runs. The probe runs without a cache, so a layer attending over the
+    sequence has as many keys as queries; other keys (cross-attention over image states, memory
+    tokens) are not prompt positions, and the layer is refused."""
     calls = PROBE.get()
     if calls is None:
         return
     layer = getattr(module, "layer_idx", None)
-    if layer is not None:
-        calls[int(layer)] = unsupported(module, kwargs)
+    if layer is None:
+        return
+    reason = unsupported(module, kwargs)
+    if not reason and keys != queries:
+        reason = (
+            f"keys that are not the sequence's positions ({keys} keys for {queries} queries: "
+            "cross-attention or memory tokens)"
+        )
+    calls[int(layer)] = reason
+
+
+# decoder layer types (`config.layer_types`) whose attention the function computes exactly,
+# save for the per-call checks below
+_FULL = ("full_attention", "sliding_attention")
+
+
+def layer_type(module: torch.nn.Module) -> str | None:
+    """The layer type its config gives the layer of `module` (`config.layer_types`), or None
+    when the config lists none."""
+    config = getattr(module, "config", None)
+    kinds = getattr(config, "layer_types", None)
+    layer = getattr(module, "layer_idx", None)
+    if not isinstance(kinds, list | tuple) or not isinstance(layer, int) or layer >= len(kinds):
+        return None
+    return str(kinds[layer])
 
 
 def unsupported(module: torch.nn.Module, kwargs: dict[str, Any]) -> str:
-    """Why the attention function cannot act exactly at this call ("" when it can)."""
-    if _layer_type(module) == "chunked_attention":
-        return "chunked attention (its keys restart at each chunk)"
+    """Why the attention function cannot act exactly at this call ("" when it can).
+
+    Chunked attention (Llama 4's `chunked_attention` layers) is refused whatever the length:
+    its mask lets a query see only its own chunk of `attention_chunk_size` positions and its
+    cache keeps only the last chunk's keys, so once prompt and generation pass one chunk the
+    keys the function is given are no longer positions 0..kv-1.
+    """
+    kind = layer_type(module)
+    if kind == "chunked_attention":
+        size = getattr(getattr(module, "config", None), "attention_chunk_size", None)
+        return (
+            f"chunked attention (chunks of {size} tokens: its mask and cache drop the keys of "
+            "earlier chunks)"
+        )
+    if kind is not None and kind not in _FULL:
+        return f"{kind} layers (knockout and capture act on softmax attention over all keys)"
     if kwargs.get("softcap") is not None:
         return "soft-capped attention (capture cannot reproduce its weights)"
     if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
         return "attention sinks (capture cannot reproduce its weights)"
     return ""
 
-
-def _layer_type(module: torch.nn.Module) -> str | None:
-    """The decoder layer's type in its config's `layer_types` ("full_attention",
-    "sliding_attention", "chunked_attention", ...), None when the config does not say."""
-    types = getattr(getattr(module, "config", None), "layer_types", None)
-    layer = getattr(module, "layer_idx", None)
-    if not isinstance(types, list | tuple) or not isinstance(layer, int) or layer >= len(types):
-        return None
-    return str(types[layer])
 
 
 @contextmanager
@@ -124,7 +158,8 @@ def coverage(handle: Handle, prompt: Prompt) -> Coverage:
         ) from None
     finally:
         backend.ACTIVE.reset(token)
-    found = Coverage(dict(calls), handle.num_layers)
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or ()
+    found = Coverage(dict(calls), handle.num_layers, tuple(str(k) for k in kinds))
     _COVERAGE[model] = found
     return found
 

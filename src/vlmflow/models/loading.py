@@ -13,7 +13,13 @@ import torch
 
 from vlmflow.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from vlmflow.errors import VlmflowError
-from vlmflow.models.families import TokenRoles, resolver_for
+from vlmflow.models.families import (
+    SUPPORTED_MODEL_TYPES,
+    GenericRoles,
+    TokenRoles,
+    generic_for,
+    resolver_for,
+)
 from vlmflow.models.layout import PromptLayout
 
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
@@ -283,7 +289,9 @@ def load(
 
     Args:
         path_or_id: a checkpoint folder or hub id of a supported family, or "vlmflow-tiny"
-            (the embedded default model, assembled on first use).
+            (the embedded default model, assembled on first use). A model type without a
+            family module loads through the generic resolver (roles only, no map layout) when
+            its image token is found, with a one-line `GenericResolverWarning` naming the type.
         device: where the model goes ("cpu", "cuda", "cuda:1", ...); ignored with `device_map`.
         dtype: "auto" (the checkpoint's; float32 on CPU), or a torch dtype or its name
             ("bfloat16", "float16", "float32").
@@ -299,7 +307,8 @@ def load(
         A `Handle` (model in eval mode, processor, the family's token-role resolver).
 
     Raises:
-        VlmflowError: an unknown `attn`, a family vlmflow does not support, a checkpoint that
+        VlmflowError: an unknown `attn`, a family vlmflow does not support (no family module
+            and no findable image token, or an encoder-decoder model), a checkpoint that
             cannot be read, a missing attention kernel, or "vlmflow-tiny" in an install
             without the default model's pieces.
 
@@ -319,7 +328,11 @@ def load(
     if name == DEFAULT_MODEL:
         name = str(_default_checkpoint())
     model_type = _model_type(name)
-    resolver = resolver_for(model_type)
+    resolver = (
+        resolver_for(model_type)
+        if model_type in SUPPORTED_MODEL_TYPES
+        else generic_for(name, model_type)
+    )
     text_attn = backend.NAME if attn == "sdpa" else attn
     if attn not in ("sdpa", "eager", *_FLASH):
         raise VlmflowError(f"unknown attention {attn!r}: use sdpa (default), eager or flash")
@@ -352,11 +365,14 @@ def load(
     if device_map is None:
         model = model.to(torch.device(device))  # type: ignore[arg-type]
     model = model.eval()
+    roles = resolver(processor, model.config)
+    if isinstance(roles, GenericRoles):
+        roles.announce()
     return Handle(
         name=str(path_or_id),
         model=model,
         processor=processor,
-        roles=resolver(processor, model.config),
+        roles=roles,
         family=resolver.family,
         attn_implementation=text_attn,
     )

@@ -1,4 +1,5 @@
-"""Tiny random VLMs of every supported family, built from configs, saved as standard checkpoints.
+"""Tiny random VLMs of every supported family (and of the model types the generic resolver and
+the guard are tested on), built from configs, saved as standard checkpoints.
 
 They load through `AutoProcessor` / `AutoModelForImageTextToText` exactly like hub checkpoints,
 so tests, benchmarks and the CLI exercise the same code paths users run, with no download.
@@ -38,6 +39,11 @@ TINY_FAMILIES = (
     "smolvlm",
     "gemma3",
 )
+# Model types with no family module that load through the generic resolver (roles only).
+GENERIC_FAMILIES = ("aya_vision",)
+# Model types whose decoder layers vlmflow refuses (the guard): chunked attention (Llama 4),
+# linear attention that never calls the attention function (Qwen3.5).
+REFUSED_FAMILIES = ("llama4", "qwen3_5")
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
 # it spells the image placeholder and the turn markers.
@@ -391,6 +397,120 @@ def _gemma3(out: Path) -> tuple[Any, Any]:
     return config, processor
 
 
+def _aya_vision(out: Path) -> tuple[Any, Any]:
+    """Aya Vision: `<|START_OF_IMG|>`, `TILE_GLOBAL`, 4 `<|IMG_PATCH|>` (one 56 px tile, no
+    crops), `<|END_OF_IMG|>`, on a Cohere 2 decoder whose layers are all full attention."""
+    from transformers import AyaVisionConfig, AyaVisionProcessor, GotOcr2ImageProcessorPil
+
+    specials = [
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+        "TILE",
+        "TILE_GLOBAL",
+    ]
+    tok = _tokenizer(specials)
+    config = AyaVisionConfig(
+        vision_config=_vision(model_type="siglip_vision_model", vision_use_head=False),
+        text_config=_text_config("cohere2", len(tok), layer_types=["full_attention"] * 4),
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+        vision_feature_select_strategy="full",
+    )
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, max_patches=1)
+    processor = AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        img_size=56,
+        downsample_factor=2,
+        chat_template=_chat_template("<image>"),
+    )
+    return config, processor
+
+
+def _qwen3_5(out: Path) -> tuple[Any, Any]:
+    """Qwen3.5: hybrid decoder, linear attention (gated delta rule) in layers 0-2, softmax
+    attention in layer 3; Qwen2-VL-style image tokens."""
+    from transformers import Qwen3_5Config, Qwen3VLProcessor
+
+    tok = _tokenizer(_QWEN_SPECIALS)
+    rope = {
+        "rope_type": "default",
+        "mrope_section": [2, 1, 1],
+        "mrope_interleaved": True,
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+    }
+    text = _text_config(
+        "qwen3_5_text",
+        len(tok),
+        head_dim=16,
+        rope_parameters=rope,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+    config = Qwen3_5Config(
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 64,
+            "num_position_embeddings": 16,
+        },
+        text_config=text,
+        **_qwen_token_ids(tok),
+    )
+    return config, _qwen_processor(Qwen3VLProcessor, tok, patch_size=14)
+
+
+def _llama4(out: Path) -> tuple[Any, Any]:
+    """Llama 4: chunked attention (chunks of 8 tokens, shorter than any prompt) in layers 0-2,
+    full attention in layer 3."""
+    from transformers import Llama4Config, Llama4Processor
+
+    specials = ["<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>"]
+    tok = _tokenizer(specials)
+    text = _text_config(
+        "llama4_text",
+        len(tok),
+        head_dim=16,
+        intermediate_size_mlp=128,
+        num_local_experts=2,
+        attention_chunk_size=8,
+        no_rope_layers=[1, 1, 1, 0],
+    )
+    config = Llama4Config(
+        vision_config=_vision(
+            vision_output_dim=32, projector_input_dim=64, projector_output_dim=64
+        ),
+        text_config=text,
+        boi_token_index=tok.convert_tokens_to_ids("<|image_start|>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<|image_end|>"),
+        image_token_index=tok.convert_tokens_to_ids("<|patch|>"),
+    )
+    if has_torchvision():
+        from transformers import Llama4ImageProcessor as ImageProcessor
+    else:  # Llama 4's image processor needs torchvision: a stand-in, for text-only prompts
+        from transformers import GotOcr2ImageProcessorPil as ImageProcessor  # type: ignore[assignment]
+    processor = Llama4Processor(
+        image_processor=ImageProcessor(),
+        tokenizer=tok,
+        patch_size=14,
+        chat_template=_chat_template("<|image|>"),
+    )
+    return config, processor
+
+
 def _random_projection(model: Any) -> None:
     """Gemma 3 initialises its image projection to zeros (the image would be irrelevant)."""
     import torch
@@ -411,6 +531,9 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
     "gemma3": _gemma3,
+    "aya_vision": _aya_vision,
+    "qwen3_5": _qwen3_5,
+    "llama4": _llama4,
 }
 # after the random initialisation: weights a family's own init leaves at zero
 _FINISH: dict[str, Callable[[Any], None]] = {"gemma3": _random_projection}
@@ -429,7 +552,7 @@ def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:
         from vlmflow.errors import VlmflowError
 
         raise VlmflowError(
-            f"no tiny model for family {family!r}: choose one of {', '.join(TINY_FAMILIES)}"
+            f"no tiny model for family {family!r}: choose one of {', '.join(_BUILDERS)}"
         )
     out = Path(out)
     config, processor = _BUILDERS[family](out)

@@ -1,8 +1,10 @@
 """Per-family `TokenRoles` resolvers: which prompt positions are image tokens, and their grid.
 
 Everything else in vlmflow is family-agnostic; a family is one module here (`llava`, `qwen_vl`,
-`internvl`, `idefics`, `gemma3`) holding a `TokenRoles` subclass registered with `register`, on
-the shared interface and registry (`registry`) and image-grid geometry (`geometry`).
+`internvl`, `idefics`, `gemma3`, ...) holding a `TokenRoles` subclass registered with `register`,
+on the shared interface and registry (`registry`) and image-grid geometry (`geometry`). A model
+type no family claims loads through the generic resolver (`generic`: roles only) when its image
+token is found.
 """
 
 # isort: off
@@ -10,6 +12,7 @@ the shared interface and registry (`registry`) and image-grid geometry (`geometr
 from vlmflow.models.families import llava, qwen_vl, qwen3_vl, internvl, idefics, gemma3  # noqa: F401
 
 # isort: on
+from vlmflow.models.families.generic import GenericResolverWarning, GenericRoles, generic_for
 from vlmflow.models.families.registry import (
     ImageInput,
     TokenRoles,
@@ -26,9 +29,12 @@ SUPPORTED_MODEL_TYPES = supported_model_types()
 __all__ = [
     "RESOLVERS",
     "SUPPORTED_MODEL_TYPES",
+    "GenericResolverWarning",
+    "GenericRoles",
     "ImageInput",
     "Role",
     "TokenRoles",
+    "generic_for",
     "register",
     "resolver_for",
 ]

@@ -153,10 +153,18 @@ def supported_model_types() -> tuple[str, ...]:
 
 
 def resolver_for(model_type: str) -> type[TokenRoles]:
+    """The registered resolver of `model_type`; raises `unsupported_family` when none is."""
     for cls in _REGISTERED:
         if model_type in cls.model_types:
             return cls
-    raise VlmflowError(
+    raise unsupported_family(model_type)
+
+
+def unsupported_family(model_type: str) -> VlmflowError:
+    """The error for a model type that no registered resolver handles and whose image token the
+    generic resolver cannot find."""
+    return VlmflowError(
         f"unsupported model family {model_type!r}: vlmflow supports "
-        f"{', '.join(supported_model_types())}"
+        f"{', '.join(supported_model_types())}, and other model types whose image token it "
+        "finds (config image_token_id / image_token_index, or the processor's image_token)"
     )
