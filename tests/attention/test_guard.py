@@ -188,12 +188,12 @@ def test_layer_types_other_than_softmax_attention_are_refused():
         "indexed_attention layers (knockout and capture act on softmax attention over all keys)",
         "chunked attention (chunks of 8 tokens: its mask and cache drop the keys of earlier "
         "chunks)",
-        "",  # sliding windows are refused by the window the call carries, not by the type
+        "",  # sliding windows are computed exactly (keys mapped to absolute positions)
     ]
     for layer, reason in enumerate(expected):
         module.layer_idx = layer
         assert guard.unsupported(module, {}) == reason
-    assert guard.unsupported(module, {"sliding_window": 4}).startswith("sliding-window")
+    assert guard.unsupported(module, {"sliding_window": 4}) == ""
 
 
 def test_keys_that_are_not_sequence_positions_are_refused(tiny_path, photo):
