@@ -142,6 +142,15 @@ def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(kv, device=device)[None, :] <= rows)[None, None]
 
 
+def _implied(module: torch.nn.Module, q: int, kv: int) -> torch.Tensor:
+    """(1, 1, q, kv) bool: what transformers' SDPA does with no mask: causal for a multi-query
+    pass of a causal module, every key otherwise (one query; PaliGemma's layers, whose module
+    is not causal)."""
+    if q > 1 and getattr(module, "is_causal", True):
+        return _causal(q, kv, torch.device("cpu"))
+    return torch.ones(1, 1, q, kv, dtype=torch.bool)
+
+
 def attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (b, h, q, d)
@@ -180,11 +189,18 @@ def attention(
         (output (b, q, h, d), None): attention weights are never returned, as with SDPA.
 
     Raises:
-        VlmflowError: a layer the session cannot handle exactly (sliding window, soft-capped
-            or sink attention), or capture over a batch that is not one row per prompt row
-            (num_beams or num_return_sequences > 1).
+        VlmflowError: a layer the session cannot handle exactly (a sliding window narrower
+            than the keys, sink attention), or capture over a batch that is not one row per
+            prompt row (num_beams or num_return_sequences > 1).
+
+    A call that passes `softcap` (Gemma 2's soft-capped scores, which SDPA cannot compute)
+    goes to `softcapped_attention`, session or not.
     """
     guard.record(module, kwargs)
+    if kwargs.get("softcap") is not None:
+        return softcapped_attention(
+            module, query, key, value, attention_mask, scaling, dropout, **kwargs
+        )
     q_len, kv_len = query.shape[2], key.shape[2]
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)
@@ -192,7 +208,7 @@ def attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    session.check_layer(module, kwargs)
+    session.check_layer(module, kwargs, kv_len)
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
     roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
@@ -200,7 +216,7 @@ def attention(
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)
     split = None
-    if SPLIT and attention_mask is None:
+    if SPLIT and attention_mask is None and getattr(module, "is_causal", True):
         split = session.split(layer, q_len, kv_len, query.device)
     cut = None
     if split is None:
@@ -218,10 +234,8 @@ def attention(
         )
         row = attention_mask[:, :, -1:, :] if attention_mask is not None else None
     else:
-        mask = (
-            attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
-        )
-        mask = mask & ~cut[:, None]  # (b, 1, q, kv)
+        mask = attention_mask if attention_mask is not None else _implied(module, q_len, kv_len)
+        mask = mask.to(query.device) & ~cut[:, None]  # (b, 1, q, kv)
         out, _ = sdpa_attention_forward(
             module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -229,6 +243,78 @@ def attention(
     if record and recorder is not None:
         weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
         recorder.record(layer, step, weights, roles)
+    return out, None
+
+
+def softcapped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    value: torch.Tensor,  # (b, h_kv, kv, d)
+    attention_mask: torch.Tensor | None,  # (b, 1, q, kv) bool, or None
+    scaling: float | None,
+    dropout: float,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:  # (b, q, h, d), None
+    """Soft-capped attention (Gemma 2, PaliGemma 2: `softcap` = `attn_logit_softcapping`),
+    computed exactly as transformers' eager attention does, with knockout and capture.
+
+    SDPA has no soft-capping, so every call that passes `softcap` comes here, touched by a
+    session or not: scores = (q k^T) * scaling, then tanh(scores / cap) * cap, then the mask
+    added as 0 / the dtype's minimum, softmax in float32 cast back, times V (the same
+    operations in the same order as transformers' `eager_attention_forward`: identical output).
+    A session's knockout removes keys from the mask transformers passed (or from the mask SDPA
+    would imply without one: causal for a causal module, every key otherwise); a captured step
+    records the last query row of the float32 softmax (b, h, kv) (paper Sec. 4.1, Eq. 3-4;
+    Sec. 4.3-4.5). No split path: the knocked rows are computed with the dense mask.
+
+    Raises VlmflowError as `attention` does (a sliding window narrower than the keys, capture
+    over an expanded batch).
+    """
+    softcap = float(kwargs["softcap"])
+    b, h, q_len, d = query.shape
+    kv_len = key.shape[2]
+    session = current(module, q_len, kv_len)
+    layer = getattr(module, "layer_idx", None)
+    mask = attention_mask
+    record = None
+    if session is not None and layer is not None and session.touches(layer):
+        session.check_layer(module, kwargs, kv_len)
+        expand = session.expansion(b)  # rows per prompt row (beams, sequences)
+        session.check_capture_rows(b)
+        roles = session.key_roles(kv_len, query.device, expand)  # (b, kv)
+        present = session.query_role_codes(kv_len - q_len, kv_len)
+        cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
+        if cut is not None:
+            base = mask if mask is not None else _implied(module, q_len, kv_len)
+            mask = base.to(query.device) & ~cut[:, None]  # (b, 1, q, kv)
+        step = kv_len - session.prompt_length
+        recorder = session.recorder
+        if recorder is not None and step >= 0 and recorder.wants(layer, step):
+            record = (recorder, step, roles)
+    elif mask is None and q_len > 1 and getattr(module, "is_causal", True):
+        mask = _implied(module, q_len, kv_len)
+    groups = h // key.shape[1]
+    keys = key.repeat_interleave(groups, dim=1) if groups > 1 else key  # (b, h, kv, d)
+    values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    scale = scaling if scaling is not None else d**-0.5
+    scores = torch.matmul(query, keys.transpose(2, 3)) * scale  # (b, h, q, kv)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            floor = torch.finfo(scores.dtype).min
+            mask = torch.zeros((), dtype=scores.dtype, device=scores.device).masked_fill(
+                ~mask.to(scores.device), floor
+            )  # (b | 1, 1, q, kv) additive
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # (b, h, q, kv)
+    weights = torch.nn.functional.dropout(
+        probs.to(query.dtype), p=dropout, training=module.training
+    )
+    out = torch.matmul(weights, values).transpose(1, 2).contiguous()  # (b, q, h, d)
+    if record is not None:
+        recorder, step, roles = record
+        recorder.record(layer, step, probs[:, :, -1, :], roles)  # (b, h, kv) float32
     return out, None
 
 

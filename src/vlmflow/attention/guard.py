@@ -6,8 +6,11 @@ attention itself) would let a knockout pass silently: its keys stay visible and 
 no row for it. So before the first session on a model, one probe forward over two tokens of the
 session's prompt records every layer that calls the function and the arguments it passes; a
 session whose layers include one that did not call it, or one whose arguments the function cannot
-honour exactly (sliding window, soft-capping, attention sinks), is refused in one line naming the
-layers and the reason, before any generation runs.
+honour exactly (attention sinks; a sliding window narrower than the session's prompt), is refused
+in one line naming the layers and the reason, before any generation runs. Soft-capped scores
+(Gemma 2) are computed exactly (`backend.softcapped_attention`). A sliding window as wide as the
+keys drops nothing, so it is exact: the prompt must fit it before generation, and each call
+checks its own key count as the generation grows (`Session.check_layer`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,9 +30,11 @@ from vlmflow.errors import VlmflowError
 if TYPE_CHECKING:
     from vlmflow.models.loading import Handle, Prompt
 
-# layer -> reason the attention function cannot act on it exactly ("" when it can); set while a
-# probe forward runs
-PROBE: ContextVar[dict[int, str] | None] = ContextVar("vlmflow_probe", default=None)
+# layer -> (reason the attention function cannot act on it exactly, "" when it can; its
+# sliding window or None); set while a probe forward runs
+PROBE: ContextVar[dict[int, tuple[str, int | None]] | None] = ContextVar(
+    "vlmflow_probe", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,17 @@ class Coverage:
     """What the probe saw on one model.
 
     `calls`: decoder layer -> reason vlmflow cannot act there exactly ("" when it can), for
-    every layer that called the attention function; `num_layers`: the decoder's layer count.
+    every layer that called the attention function; `num_layers`: the decoder's layer count;
+    `windows`: layer -> sliding window in key positions, for the layers that have one.
     """
 
     calls: dict[int, str]
     num_layers: int
+    windows: dict[int, int] = field(default_factory=dict)
 
-    def problems(self, layers: Iterable[int]) -> dict[int, str]:
-        """For each of `layers` that vlmflow cannot act on exactly, the reason."""
+    def problems(self, layers: Iterable[int], keys: int = 0) -> dict[int, str]:
+        """For each of `layers` that vlmflow cannot act on exactly over `keys` key positions
+        (a sliding window narrower than them drops some), the reason."""
         out: dict[int, str] = {}
         for layer in sorted(set(layers)):
             reason = self.calls.get(layer)
@@ -52,6 +60,10 @@ class Coverage:
                 out[layer] = "never calls the attention function (not softmax attention)"
             elif reason:
                 out[layer] = reason
+            elif layer in self.windows:
+                out[layer] = narrow_window(self.windows[layer], keys)
+                if not out[layer]:
+                    del out[layer]
         return out
 
 
@@ -65,24 +77,35 @@ def record(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
         return
     layer = getattr(module, "layer_idx", None)
     if layer is not None:
-        calls[int(layer)] = unsupported(module, kwargs)
+        calls[int(layer)] = (unsupported(module, kwargs), window(module, kwargs))
+
+
+def window(module: torch.nn.Module, kwargs: dict[str, Any]) -> int | None:
+    """The layer's sliding window in key positions, None for full attention."""
+    size = getattr(module, "sliding_window", None) or kwargs.get("sliding_window")
+    return int(size) if size else None
+
+
+def narrow_window(size: int, keys: int) -> str:
+    """Why a sliding window of `size` is not exact over `keys` key positions ("" when it is
+    as wide as them: nothing is dropped or masked by it)."""
+    if keys <= size:
+        return ""
+    return f"sliding-window attention (window {size} < {keys} keys: its cache drops key positions)"
 
 
 def unsupported(module: torch.nn.Module, kwargs: dict[str, Any]) -> str:
-    """Why the attention function cannot act exactly at this call ("" when it can)."""
-    if getattr(module, "sliding_window", None) or kwargs.get("sliding_window"):
-        return "sliding-window attention (its cache drops key positions)"
-    if kwargs.get("softcap") is not None:
-        return "soft-capped attention (capture cannot reproduce its weights)"
+    """Why the attention function cannot act exactly at this layer, whatever its key count
+    ("" when it can; a sliding window depends on the keys: `narrow_window`)."""
     if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
         return "attention sinks (capture cannot reproduce its weights)"
     return ""
 
 
 @contextmanager
-def probing() -> Iterator[dict[int, str]]:
+def probing() -> Iterator[dict[int, tuple[str, int | None]]]:
     """Record the layers that call the attention function inside the block."""
-    calls: dict[int, str] = {}
+    calls: dict[int, tuple[str, int | None]] = {}
     token = PROBE.set(calls)
     try:
         yield calls
@@ -113,7 +136,11 @@ def coverage(handle: Handle, prompt: Prompt) -> Coverage:
         ) from None
     finally:
         backend.ACTIVE.reset(token)
-    found = Coverage(dict(calls), handle.num_layers)
+    found = Coverage(
+        {layer: reason for layer, (reason, _) in calls.items()},
+        handle.num_layers,
+        {layer: size for layer, (_, size) in calls.items() if size is not None},
+    )
     _COVERAGE[model] = found
     return found
 
@@ -125,7 +152,7 @@ def check(handle: Handle, prompt: Prompt, layers: Iterable[int], what: str) -> N
     layers = list(layers)
     if not layers:
         return
-    problems = coverage(handle, prompt).problems(layers)
+    problems = coverage(handle, prompt).problems(layers, prompt.layout.length)
     if not problems:
         return
     by_reason: dict[str, list[int]] = {}

@@ -255,16 +255,19 @@ class Session:
             self._present = ((start, end), codes | (_GENERATED if end > n else frozenset()))
         return self._present[1]
 
-    def check_layer(self, module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
-        """Refuse attention variants whose key positions or weights this backend cannot map."""
+    def check_layer(self, module: torch.nn.Module, kwargs: dict[str, Any], keys: int) -> None:
+        """Refuse attention variants whose key positions or weights this backend cannot map,
+        at a call over `keys` key positions (a sliding window must be as wide as them)."""
         layer = int(getattr(module, "layer_idx", -1))
-        if layer in self._checked:
-            return
-        reason = guard.unsupported(module, kwargs)
+        reason = "" if layer in self._checked else guard.unsupported(module, kwargs)
+        size = guard.window(module, kwargs)
+        if not reason and size is not None:
+            reason = guard.narrow_window(size, keys)
         if reason:
-            raise VlmflowError(
+            self.refuse(
                 f"layer {layer} uses {reason}: knockout and capture act on full softmax"
-                " attention layers only"
+                " attention layers only (shorten the prompt or max_new_tokens, or leave the"
+                " layer out)"
             )
         self._checked.add(layer)
 
@@ -354,7 +357,8 @@ def _starves(knockout: ResolvedKnockout, codes: torch.Tensor) -> bool:
     itself, so each targeted position needs an earlier (or its own) key of an unblocked role
     that is not padding; decode steps (`generated`) see the whole prompt, so when `generated`
     is blocked from itself some prompt key of an unblocked role must exist in every row.
-    Sliding-window layers, whose keys end earlier, are refused for any knockout.
+    Sliding-window layers count here as full ones: they are accepted only while the window
+    holds every key (`guard.narrow_window`).
     """
     codes = codes.long()
     free = ~knockout.src[codes] & (codes != int(Role.PAD))  # (b, n) keys still visible

@@ -31,6 +31,8 @@ TINY_FAMILIES = (
     "internvl",
     "idefics3",
     "smolvlm",
+    "paligemma",
+    "paligemma2",
 )
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
@@ -53,8 +55,11 @@ def _chat_template(image: str, bos: str = "<s>", eos_turn: str = "</s>") -> str:
     )
 
 
-def _tokenizer(specials: list[str], extra: dict[str, str] | None = None) -> Any:
-    """A word-level tokenizer with the family's special tokens, wrapped as a fast tokenizer."""
+def _tokenizer(
+    specials: list[str], extra: dict[str, str] | None = None, plain: tuple[str, ...] = ()
+) -> Any:
+    """A word-level tokenizer with the family's special tokens, wrapped as a fast tokenizer;
+    `plain` adds ordinary tokens matched before the whitespace split (e.g. "\\n")."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -67,6 +72,7 @@ def _tokenizer(specials: list[str], extra: dict[str, str] | None = None) -> Any:
     )
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in base + specials])
+    tok.add_tokens([AddedToken(t, normalized=False) for t in plain])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -289,6 +295,45 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     return config, processor
 
 
+def _paligemma(out: Path, version: int) -> tuple[Any, Any]:
+    """PaliGemma (Gemma decoder) or PaliGemma 2 (Gemma 2: soft-capped attention, every other
+    layer a sliding window, here wider than any test sequence). No chat template: the processor
+    writes the prompt itself."""
+    from transformers import PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    tok = _tokenizer(["<image>"], {"image_token": "<image>"}, plain=("\n",))
+    image_processor = SiglipImageProcessorPil(size={"height": 56, "width": 56})
+    image_processor.image_seq_length = 16  # (56 / 14) ** 2 patches, one token each
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    vocab = len(processor.tokenizer)  # the processor adds its <loc....> and <seg...> tokens
+    text: dict[str, Any] = {"head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
+    if version == 2:
+        text |= {
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 2.0,  # small: the cap changes the weights visibly
+            "final_logit_softcapping": 30.0,
+            "sliding_window": 1024,
+        }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+    }
+    config = PaliGemmaConfig(
+        vision_config=vision,
+        text_config=_text_config("gemma" if version == 1 else "gemma2", vocab, **text),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vocab_size=vocab,
+        projection_dim=64,
+        hidden_size=64,
+    )
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "llava": lambda out: _llava(out, anyres=False),
     "llava_next": lambda out: _llava(out, anyres=True),
@@ -297,6 +342,8 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "internvl": _internvl,
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
+    "paligemma": lambda out: _paligemma(out, 1),
+    "paligemma2": lambda out: _paligemma(out, 2),
 }
 
 
