@@ -3,6 +3,10 @@
 It shares nothing with vlmflow's backend: roles come from token strings, the mask is an additive
 float mask built per layer, attention is plain softmax(QK^T)V, and generation recomputes the
 whole sequence at every step (no KV cache).
+
+Two model features are rebuilt here from their definitions: soft-capped scores (Gemma 2,
+`softcap`: tanh(s / cap) * cap before the mask) and the prefix-LM mask (PaliGemma: prompt
+positions whose `token_type_ids` is 0 see each other both ways; the rest is causal).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "vlmflow_test_reference"
+FILL = "token_type_ids"  # the per-position input whose generated positions hold 1, not 0
 STATE: dict = {}
 
 IMAGE_TOKENS = {
@@ -47,8 +52,14 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if kwargs.get("softcap") is not None:
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
     n = key.shape[2]
-    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)[-query.shape[2] :]
+    bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+    block = [p for p in STATE.get("bidirectional", ()) if p < n]
+    if block:
+        bias[torch.tensor(block)[:, None], torch.tensor(block)[None, :]] = 0.0
+    bias = bias[-query.shape[2] :]
     layer = getattr(module, "layer_idx", None)
     if layer is not None and layer in STATE.get("layers", ()):
         roles = STATE["roles"][:n]
@@ -72,17 +83,20 @@ def greedy_without_cache(model, inputs, tokens, max_new_tokens, src, tgt, layers
     n = ids.shape[1]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     STATE.clear()
+    types = inputs.get("token_type_ids")
     STATE.update(
         src=set(src),
         tgt=set(tgt),
         layers=set(layers),
         roles=roles_of(tokens, n, n + max_new_tokens),
+        # prefix-LM (PaliGemma): the prompt positions of token type 0; generated tokens are 1
+        bidirectional=[] if types is None else (types[0] == 0).nonzero().flatten().tolist(),
     )
     out = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             grown = {
-                k: torch.cat([v, v.new_zeros(1, ids.shape[1] - v.shape[1])], dim=1)
+                k: torch.cat([v, v.new_full((1, ids.shape[1] - v.shape[1]), int(k == FILL))], 1)
                 if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == n
                 else v
                 for k, v in extra.items()

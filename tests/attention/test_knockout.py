@@ -20,6 +20,11 @@ CASES = [
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),
+    ("paligemma", "image-query", "all"),
+    # soft-capped attention, prefix-LM mask: the paper's three settings
+    ("paligemma2", "image-generated", "all"),
+    ("paligemma2", "image-query", "from:1"),
+    ("paligemma2", "image-query+generated", "except:1-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),
