@@ -206,7 +206,10 @@ def _prefix(model: Any, inputs: Any, stop: int, block: int = 0) -> Any:
     }
     cache = model(**cut, use_cache=True, logits_to_keep=1).past_key_values
     if run > stop:
-        cache.crop(stop)
+        from transformers import DynamicCache
+
+        kept = [(k[:, :, :stop], v[:, :, :stop]) for k, v in _layers(cache)]  # (b, h_kv, stop, d)
+        cache = DynamicCache(ddp_cache_data=kept)
     return cache
 
 
