@@ -3,6 +3,8 @@ before anything runs, naming the layers and the reason (never a silent partial k
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -93,3 +95,45 @@ def test_spans():
     assert spans([5, 0, 1, 2]) == "0-2, 5"
     assert spans([]) == "none"
     assert spans([3]) == "3"
+
+
+def test_soft_capped_and_wide_window_layers_are_accepted(tiny_path, photo):
+    """PaliGemma 2: every layer soft-caps its scores (computed exactly) and every other layer
+    has a sliding window wider than the sequence (it drops nothing): all layers allowed."""
+    handle = vlmflow.load(str(tiny_path("paligemma2")))
+    prompt = handle.prepare(photo)
+    found = guard.coverage(handle, prompt)
+    sliding = sorted(found.windows)
+    assert sliding and len(sliding) < handle.num_layers  # every other layer
+    assert found.problems(range(handle.num_layers), prompt.layout.length) == {}
+    assert found.problems(sliding, max(found.windows.values()) + 1) == dict.fromkeys(
+        sliding, f"sliding-window attention (window 1024 < 1025 keys: its cache drops key "
+        "positions)"
+    )
+    ko = vlmflow.Knockout.parse("image->query+generated", "all")
+    with vlmflow.session(handle, prompt, ko, capture=vlmflow.Capture.of()) as s:
+        assert s.generate(max_new_tokens=NEW).shape == (1, NEW)
+    assert bool((s.capture.role_fraction("image") == 0).all())
+
+
+def test_a_window_the_generation_outgrows_is_refused_at_that_step(tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path("paligemma2")))
+    prompt = handle.prepare(photo)
+    n = prompt.layout.length
+    layers = _decoder_layers(handle.model)
+    sliding = [i for i, m in enumerate(layers) if m.self_attn.sliding_window]
+    for layer in sliding:
+        layers[layer].self_attn.sliding_window = n + 1
+    ko = vlmflow.Knockout.parse("image->generated", "all")
+    # the prompt fits: accepted before generation; the third key past it does not
+    with vlmflow.session(handle, prompt, ko) as s:
+        with pytest.raises(VlmflowError, match=f"layer {sliding[0]} uses sliding-window"):
+            s.generate(max_new_tokens=NEW)
+        assert s.generate(max_new_tokens=1).shape == (1, 1)  # n + 1 keys at most: exact
+    # a window the prompt itself outgrows: refused before generation, naming the layers
+    fresh = vlmflow.load(str(tiny_path("paligemma2")))
+    for layer in sliding:
+        _decoder_layers(fresh.model)[layer].self_attn.sliding_window = n - 1
+    told = f"layers {spans(sliding)}: sliding-window attention (window {n - 1} < {n} keys"
+    with pytest.raises(VlmflowError, match=re.escape(told)), vlmflow.session(fresh, prompt, ko):
+        pass
