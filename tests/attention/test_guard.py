@@ -107,8 +107,7 @@ def test_soft_capped_and_wide_window_layers_are_accepted(tiny_path, photo):
     assert sliding and len(sliding) < handle.num_layers  # every other layer
     assert found.problems(range(handle.num_layers), prompt.layout.length) == {}
     assert found.problems(sliding, max(found.windows.values()) + 1) == dict.fromkeys(
-        sliding, f"sliding-window attention (window 1024 < 1025 keys: its cache drops key "
-        "positions)"
+        sliding, "sliding-window attention (window 1024 < 1025 keys: its cache drops key positions)"
     )
     ko = vlmflow.Knockout.parse("image->query+generated", "all")
     with vlmflow.session(handle, prompt, ko, capture=vlmflow.Capture.of()) as s:

@@ -291,7 +291,7 @@ def softcapped_attention(
         step = kv_len - session.prompt_length
         recorder = session.recorder
         if recorder is not None and step >= 0 and recorder.wants(layer, step):
-            record = (recorder, step, roles)
+            record = (recorder, int(layer), step, roles)
     elif mask is None and q_len > 1 and getattr(module, "is_causal", True):
         mask = _implied(module, q_len, kv_len)
     groups = h // key.shape[1]
@@ -313,8 +313,8 @@ def softcapped_attention(
     )
     out = torch.matmul(weights, values).transpose(1, 2).contiguous()  # (b, q, h, d)
     if record is not None:
-        recorder, step, roles = record
-        recorder.record(layer, step, probs[:, :, -1, :], roles)  # (b, h, kv) float32
+        recorder, at, step, roles = record
+        recorder.record(at, step, probs[:, :, -1, :], roles)  # (b, h, kv) float32
     return out, None
 
 

@@ -8,13 +8,14 @@ apply to that row only (`Knockout.rows`), and every decode step serves all rows 
 
 What is shared: a knockout changes the outputs of exactly the positions whose role is in its
 `tgt`, and of nothing before them (attention is causal; inside a bidirectional prompt block,
-PaliGemma's prefix-LM, of the whole block: such a block is never split, `chunk_start`). So the prompt positions before the first
-position any variant targets are computed once, with batch 1, and their KV cache is copied to
-every row. For `image->generated` and top-k key sets (targets: generated) that is the whole
-prompt but its last position, which the batched `generate()` computes per row as its first step
-(cheap: one position); for `image->query` it is the prefix and the image (the long part), and
-only the query positions are computed per row, under each row's knockouts. Rows whose knockouts
-leave the whole prompt alone share the query positions too.
+PaliGemma's prefix-LM, of the whole block, which is never split: `chunk_start`). So the prompt
+positions before the first position any variant targets are computed once, with batch 1, and
+their KV cache is copied to every row. For `image->generated` and top-k key sets (targets:
+generated) that is the whole prompt but its last position, which the batched `generate()`
+computes per row as its first step (cheap: one position); for `image->query` it is the prefix
+and the image (the long part), and only the query positions are computed per row, under each
+row's knockouts. Rows whose knockouts leave the whole prompt alone share the query positions
+too.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ def _paligemma(out: Path, version: int) -> tuple[Any, Any]:
 
     tok = _tokenizer(["<image>"], {"image_token": "<image>"}, plain=("\n",))
     image_processor = SiglipImageProcessorPil(size={"height": 56, "width": 56})
-    image_processor.image_seq_length = 16  # (56 / 14) ** 2 patches, one token each
+    image_processor.image_seq_length = 16  # type: ignore[attr-defined]  # (56 / 14) ** 2 patches
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
     vocab = len(processor.tokenizer)  # the processor adds its <loc....> and <seg...> tokens
     text: dict[str, Any] = {"head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
