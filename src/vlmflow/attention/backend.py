@@ -142,13 +142,13 @@ def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(kv, device=device)[None, :] <= rows)[None, None]
 
 
-def _implied(module: torch.nn.Module, q: int, kv: int) -> torch.Tensor:
-    """(1, 1, q, kv) bool: what transformers' SDPA does with no mask: causal for a multi-query
-    pass of a causal module, every key otherwise (one query; PaliGemma's layers, whose module
-    is not causal)."""
-    if q > 1 and getattr(module, "is_causal", True):
-        return _causal(q, kv, torch.device("cpu"))
-    return torch.ones(1, 1, q, kv, dtype=torch.bool)
+def _implied(module: torch.nn.Module, q: int, kv: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, kv) bool: what transformers' SDPA does with no mask: causal for a causal
+    module (one query sees every key), every key for a module that is not causal (PaliGemma's
+    layers: their prefix-LM mask is passed whenever it is not all keys)."""
+    if getattr(module, "is_causal", True):
+        return _causal(q, kv, device)
+    return torch.ones(1, 1, q, kv, dtype=torch.bool, device=device)
 
 
 def attention(
@@ -234,8 +234,12 @@ def attention(
         )
         row = attention_mask[:, :, -1:, :] if attention_mask is not None else None
     else:
-        mask = attention_mask if attention_mask is not None else _implied(module, q_len, kv_len)
-        mask = mask.to(query.device) & ~cut[:, None]  # (b, 1, q, kv)
+        mask = (
+            attention_mask
+            if attention_mask is not None
+            else _implied(module, q_len, kv_len, query.device)
+        )
+        mask = mask & ~cut[:, None]  # (b, 1, q, kv)
         out, _ = sdpa_attention_forward(
             module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -286,14 +290,14 @@ def softcapped_attention(
         present = session.query_role_codes(kv_len - q_len, kv_len)
         cut = blocked(session.knockouts, layer, roles[:, kv_len - q_len :], roles, present, expand)
         if cut is not None:
-            base = mask if mask is not None else _implied(module, q_len, kv_len)
-            mask = base.to(query.device) & ~cut[:, None]  # (b, 1, q, kv)
+            base = mask if mask is not None else _implied(module, q_len, kv_len, query.device)
+            mask = base & ~cut[:, None]  # (b, 1, q, kv)
         step = kv_len - session.prompt_length
         recorder = session.recorder
         if recorder is not None and step >= 0 and recorder.wants(layer, step):
             record = (recorder, int(layer), step, roles)
     elif mask is None and q_len > 1 and getattr(module, "is_causal", True):
-        mask = _implied(module, q_len, kv_len)
+        mask = _implied(module, q_len, kv_len, query.device)
     groups = h // key.shape[1]
     keys = key.repeat_interleave(groups, dim=1) if groups > 1 else key  # (b, h, kv, d)
     values = value.repeat_interleave(groups, dim=1) if groups > 1 else value

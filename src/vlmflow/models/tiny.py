@@ -109,17 +109,21 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
     }
 
 
-def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+def _vision(model_type: str, image_size: int = 56) -> dict[str, Any]:
+    """A two-layer ViT of 14 px patches (CLIP, SigLIP, Idefics3 towers)."""
     return {
-        "model_type": "clip_vision_model",
+        "model_type": model_type,
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "image_size": image_size,
         "patch_size": 14,
-        "projection_dim": 32,
     }
+
+
+def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+    return {**_vision("clip_vision_model", image_size), "projection_dim": 32}
 
 
 def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
@@ -254,27 +258,18 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision: dict[str, Any] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    kind = "idefics3_vision" if family == "idefics3" else "smolvlm_vision"
+    vision = _vision(kind)
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
         from transformers import Idefics3ImageProcessorPil as ImageProcessor
         from transformers import Idefics3Processor as Processor
-
-        vision["model_type"] = "idefics3_vision"
     else:
         from transformers import SmolVLMConfig as Config  # type: ignore[assignment]
         from transformers import SmolVLMImageProcessorPil as ImageProcessor  # type: ignore[assignment]
         from transformers import SmolVLMProcessor as Processor  # type: ignore[assignment]
 
-        vision["model_type"] = "smolvlm_vision"
     config = Config(
         vision_config=vision,
         text_config=_text_config("llama", len(tok)),
@@ -314,17 +309,8 @@ def _paligemma(out: Path, version: int) -> tuple[Any, Any]:
             "final_logit_softcapping": 30.0,
             "sliding_window": 1024,
         }
-    vision = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
     config = PaliGemmaConfig(
-        vision_config=vision,
+        vision_config=_vision("siglip_vision_model"),
         text_config=_text_config("gemma" if version == 1 else "gemma2", vocab, **text),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vocab_size=vocab,
