@@ -21,8 +21,9 @@ What differs from the other families, and where vlmflow handles it:
   attention function computes them exactly as transformers' eager attention does
   (`vlmflow.attention.backend.softcapped_attention`), knockout and capture included;
   transformers' own SDPA refuses this model. Its sliding-window layers (every other layer) are
-  exact while the sequence fits the window (4096 positions in the released checkpoints); past
-  it the guard refuses them.
+  exact while the sequence fits the window (`sliding_window` of the text config): the guard
+  refuses them for a prompt longer than it, and a session at the generation step that outgrows
+  it.
 """
 
 from __future__ import annotations
