@@ -30,7 +30,11 @@ def test_roles_follow_the_tokens(family, tiny_path, photo):
             assert code == Role.PREFIX, (i, tok)
         else:
             assert code == Role.QUERY, (i, tok)
-    assert tokens[:3] == ["<s>", "USER", ":"]
+    if handle.processor.chat_template:
+        assert tokens[:3] == ["<s>", "USER", ":"]
+    else:  # PaliGemma: the image, BOS, the text and the processor's newline
+        words = handle.processor.tokenizer.tokenize("Describe the image.")
+        assert tokens[first + 16 :] == ["<s>", *words, "\n"]
     assert prompt.layout.counts()["query"] >= 4  # "Describe the image ." + closing turn
     # every image token that carries patch features sits in exactly one tile cell
     span = prompt.layout.images[0][0]
@@ -58,7 +62,25 @@ EXPECTED_TILES = {
     "internvl": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "gemma3": [("image", 4, 4)],  # squashed: the whole picture
+    "paligemma": [("image", 4, 4)],  # squashed to 56 x 56: the grid covers the whole image
 }
+
+
+@pytest.mark.parametrize("family", ["paligemma", "paligemma2"])
+def test_paligemma_prompts_are_the_processors_own(family, tiny_path, photo, photo2):
+    """No chat template: `prepare` gives the model what PaliGemma's processor makes of the plain
+    text (it adds the image tokens, BOS after them and the closing newline)."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    for images, text in (([photo], "Describe the image."), ([photo, photo2], "Compare them.")):
+        prompt = handle.prepare(images, text)
+        plain = handle.processor(images=[images], text=[text], return_tensors="pt")
+        assert prompt.input_ids.tolist() == plain["input_ids"].tolist()
+        assert prompt.inputs["token_type_ids"].tolist() == plain["token_type_ids"].tolist()
+        assert "labels" not in prompt.inputs
+        assert prompt.texts == ("<image>" * len(images) + "<s>" + text + "\n",)
+        codes = prompt.layout.codes[0].tolist()
+        n_image = 16 * len(images)
+        assert codes == [int(Role.IMAGE)] * n_image + [int(Role.QUERY)] * (len(codes) - n_image)
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED_TILES))
@@ -72,6 +94,8 @@ def test_tiled_geometry(family, tiny_path, photo):
     if family in ("internvl", "idefics3"):  # tiles cover the image once, row-major
         boxes = [t.box for t in span.tiles if t.kind == "tile"]
         assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == pytest.approx(1.0)
+    if family == "paligemma":
+        assert span.tiles[0].box == (0.0, 0.0, 1.0, 1.0)
     if family == "llava":  # center crop of a wide image: 130x90 resized to 80x56, crop 12..68
         assert span.tiles[0].box == pytest.approx((12 / 80, 0.0, 68 / 80, 1.0))
 
@@ -96,7 +120,7 @@ def test_two_images_in_one_prompt(family, tiny_path, photo, photo2):
     assert counts["image"] > one.layout.counts()["image"]
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "paligemma"])
 def test_batch_with_left_padding(family, tiny_path, photo, photo2):
     handle = vlmflow.load(str(tiny_path(family)))
     batch = handle.prepare_batch([([photo], "Describe the image."), ([photo2], "What is it?")])

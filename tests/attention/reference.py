@@ -8,6 +8,10 @@ The mask is the models' own rule, written out from the token strings and the lay
 causal; a run of Gemma 3's image soft tokens sees itself bidirectionally (BLOCK_TOKENS); a
 sliding-window layer (`sliding_window` W) lets query p see key k only when p - k < W, also
 inside such a run; then the knockout.
+
+Two model features are rebuilt here from their definitions: soft-capped scores (Gemma 2,
+`softcap`: tanh(s / cap) * cap before the mask) and the prefix-LM mask (PaliGemma: prompt
+positions whose `token_type_ids` is 0 see each other both ways; the rest is causal).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "vlmflow_test_reference"
+FILL = "token_type_ids"  # the per-position input whose generated positions hold 1, not 0
 STATE: dict = {}
 
 IMAGE_TOKENS = {
@@ -69,8 +74,13 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if kwargs.get("softcap") is not None:
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
     n = key.shape[2]
     bias = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+    block = [p for p in STATE.get("bidirectional", ()) if p < n]
+    if block:
+        bias[torch.tensor(block)[:, None], torch.tensor(block)[None, :]] = 0.0
     blocks = STATE.get("blocks", [-1] * n)[:n]
     window = kwargs.get("sliding_window")
     for p in range(n):
@@ -113,18 +123,23 @@ def greedy_without_cache(
     n = ids.shape[1]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     STATE.clear()
+    types = inputs.get("token_type_ids")
     STATE.update(
         pairs=[(set(src), set(tgt))] + [(set(a), set(b)) for a, b in pairs],
         layers=set(layers),
         roles=roles_of(tokens, n, n + max_new_tokens),
         blocks=blocks_of(tokens, n + max_new_tokens),
         rows=[],
+        # prefix-LM (PaliGemma): the prompt positions of token type 0; generated tokens are 1
+        bidirectional=[]
+        if types is None or model.config.model_type != "paligemma"
+        else (types[0] == 0).nonzero().flatten().tolist(),
     )
     out = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             grown = {
-                k: torch.cat([v, v.new_zeros(1, ids.shape[1] - v.shape[1])], dim=1)
+                k: torch.cat([v, v.new_full((1, ids.shape[1] - v.shape[1]), int(k == FILL))], 1)
                 if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == n
                 else v
                 for k, v in extra.items()

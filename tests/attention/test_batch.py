@@ -33,7 +33,9 @@ def _one_by_one(handle, prompt, variants, capture=None, **kwargs):
     return ids, captures
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3"])
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma", "paligemma2"]
+)
 @pytest.mark.parametrize("with_capture", [False, True])
 def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
@@ -44,9 +46,12 @@ def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
     run = generate_variants(handle, prompt, variants, max_new_tokens=NEW, capture=capture)
     assert [ids.tolist() for ids in run.ids] == alone
     assert len({tuple(ids) for ids in alone}) > 2  # the knockouts really change generations
-    # the image->query rows recompute only the query positions: prefix and image are shared
+    # the image->query rows recompute only the query positions: prefix and image are shared;
+    # in a prefix-LM prompt (PaliGemma) the image reads the query too: nothing is shared
     first_query = prompt.layout.codes[0].tolist().index(int(vlmflow.Role.QUERY))
-    assert run.shared == first_query
+    block = handle.roles.bidirectional_end(prompt.inputs)
+    assert run.shared == (0 if block > first_query else first_query)
+    assert (block == prompt.layout.length) == (family in ("paligemma", "paligemma2"))
     if capture is None:
         assert run.capture is None
         return
@@ -60,7 +65,7 @@ def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
             assert torch.allclose(got, image_row[:, 0].float(), atol=1e-3)
 
 
-@pytest.fixture(params=["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.fixture(params=["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "paligemma2"])
 def sweep(request, tiny_path, photo):
     """(handle, prompt, variants, each variant's tokens generated one by one) on a family."""
     handle = vlmflow.load(str(tiny_path(request.param)))

@@ -206,3 +206,15 @@ def test_keys_that_are_not_sequence_positions_are_refused(tiny_path, photo):
     message = str(err.value)
     assert message.startswith("capture cannot act exactly on layers 2: keys that are not")
     assert "(3 keys for 2 queries: cross-attention or memory tokens)" in message
+
+
+def test_soft_capped_layers_are_accepted(tiny_path, photo):
+    """PaliGemma 2: every layer soft-caps its scores (computed exactly, as eager attention
+    does) and every other layer has a sliding window: all layers allowed."""
+    handle = vlmflow.load(str(tiny_path("paligemma2")))
+    prompt = handle.prepare(photo)
+    assert guard.coverage(handle, prompt).problems(range(handle.num_layers)) == {}
+    ko = vlmflow.Knockout.parse("image->query+generated", "all")
+    with vlmflow.session(handle, prompt, ko, capture=vlmflow.Capture.of()) as s:
+        assert s.generate(max_new_tokens=NEW).shape == (1, NEW)
+    assert bool((s.capture.role_fraction("image") == 0).all())

@@ -25,6 +25,11 @@ CASES = [
     ("gemma3", "image-query+generated", "from:1"),
     ("gemma3", "image-generated", "all"),
     ("aya_vision", "image-query+generated", "from:1"),  # the generic resolver
+    ("paligemma", "image-query", "all"),
+    # soft-capped attention, prefix-LM mask: the paper's three settings
+    ("paligemma2", "image-generated", "all"),
+    ("paligemma2", "image-query", "from:1"),
+    ("paligemma2", "image-query+generated", "except:1-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),
@@ -74,3 +79,35 @@ def test_describe_matches_reference(family, setting, spec, tiny_path, photo, tmp
     # the knockout changes the text, so equality above is not a coincidence
     if setting != "image-generated":
         assert plain != expected
+
+
+@pytest.mark.parametrize("setting", sorted(ROLES))
+def test_soft_capped_capture_matches_reference(setting, tiny_path, photo):
+    """PaliGemma 2: the captured prefill row (last prompt position, heads averaged) over the
+    image equals the reference's soft-capped, prefix-LM softmax at every layer."""
+    import torch
+
+    path = str(tiny_path("paligemma2"))
+    handle = vlmflow.load(path)
+    prompt = handle.prepare(photo)
+    ko = vlmflow.Knockout.parse(setting, "from:1")
+    capture = vlmflow.Capture.of(image_layers="all", dtype="float32")
+    with vlmflow.session(handle, prompt, knockout=ko, capture=capture) as s:
+        s.generate(max_new_tokens=1)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, attn_implementation={"text_config": reference.NAME, "vision_config": "sdpa"}
+    ).eval()
+    tokens = handle.processor.tokenizer.convert_ids_to_tokens(prompt.input_ids[0].tolist())
+    src, tgt = ROLES[setting]
+    layers = ko.layers.resolve(handle.num_layers)
+    reference.greedy_without_cache(
+        model, prompt.inputs, tokens, 1, src.split("+"), tgt.split("+"), layers
+    )
+    image = s.capture.image_positions[0]  # (n_image,)
+    for layer in range(handle.num_layers):
+        theirs = reference.STATE["weights"][layer][0, :, -1, image].mean(0)  # (n_image,)
+        ours = s.capture.image_rows[layer][0, 0]  # (n_image,)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+        # the last prompt position is query: cut off from the image only where tgt has query
+        cut = layer in layers and "query" in tgt
+        assert bool((ours == 0).all()) if cut else bool((ours > 0).all())

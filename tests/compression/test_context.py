@@ -26,6 +26,9 @@ def _full_prompt_answer(handle, image, context, question, new):
     if "mm_token_type_ids" in inputs:
         types = inputs["mm_token_type_ids"][:, :n]
         inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(qids)], 1)
+    if "token_type_ids" in inputs:  # PaliGemma: the question follows the cached prompt block,
+        types = inputs["token_type_ids"][:, :n]  # so it is the causal suffix (type 1)
+        inputs["token_type_ids"] = torch.cat([types, torch.ones_like(qids)], 1)
     with torch.inference_mode():
         out = handle.model.generate(**inputs, do_sample=False, max_new_tokens=new)
     return out[0, ids.shape[1] :].tolist()
@@ -43,7 +46,7 @@ def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
         assert len(answer.ids) == 8 or answer.ids[-1] in (3,)  # ran to the end or stopped at EOS
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl", "smolvlm"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl", "smolvlm", "paligemma2"])
 def test_pruned_context_keeps_the_top_image_tokens(family, tiny_path, photo, tmp_path):
     handle = vlmflow.load(str(tiny_path(family)))
     full = compress(handle, photo, k=1.0, max_new_tokens=8)

@@ -120,6 +120,14 @@ def _found_tiles(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.n
     return [_cells(red[k], tile.rows, tile.cols) for k, tile in enumerate(tiles)]
 
 
+def _found_paligemma(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
+    """One SigLIP patch per token over the squashed picture."""
+    p = handle.model.config.vision_config.patch_size
+    red = _red(inputs["pixel_values"][0].numpy(), handle.processor.image_processor)
+    h, w = red.shape
+    return [_cells(red, h // p, w // p)]
+
+
 FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "llava": _found_llava,
     "llava_next": _found_llava_next,
@@ -131,6 +139,8 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "idefics3": _found_tiles,
     "smolvlm": _found_tiles,
     "gemma3": _found_tiles,
+    "paligemma": _found_paligemma,
+    "paligemma2": _found_paligemma,
 }
 
 
@@ -238,6 +248,8 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
             pan_and_scan_min_ratio_to_activate=1.2,
         ),
     },
+    "paligemma": {"squash": _none},
+    "paligemma2": {"squash": _none},
 }
 # (width, height): wide, tall, square, and thin banners and strips
 SIZES = [(200, 100), (100, 200), (90, 90), (300, 20), (20, 300), (30, 800)]
@@ -248,7 +260,7 @@ CASES = [(f, o) for f, options in OPTIONS.items() for o in options]
 def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     """Processed pixels across one cell of `tile` (tokens merge patches in most families)."""
     p = int(getattr(handle.processor, "patch_size", 14) or 14)
-    if family in ("llava", "llava_next"):
+    if family in ("llava", "llava_next", "paligemma", "paligemma2"):
         return float(p)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         ip = handle.processor.image_processor

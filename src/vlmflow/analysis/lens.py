@@ -4,7 +4,8 @@ each decoder layer, through the language model's final norm and the unembedding,
 
 The hidden states are taken from the outputs of the language model's decoder layers (forward
 hooks on `model.get_decoder().layers`), before the final norm; `read_out` applies the model's own
-final norm (`get_decoder().norm`) and unembedding (`get_output_embeddings()`), so the lens of
+final norm (`get_decoder().norm`) and unembedding (`get_output_embeddings()`), then the soft cap
+on the logits where the model has one (Gemma 2's `final_logit_softcapping`), so the lens of
 the last layer is the model's own next-token logits at that position (tested on every family).
 The forward pass runs inside a `vlmflow.session`, so knockouts apply as everywhere else.
 """
@@ -60,18 +61,20 @@ def parts(handle: Handle) -> tuple[Any, Any, Any]:
             f"{type(model).__name__} does not expose them through get_decoder().layers/.norm "
             "and get_output_embeddings()"
         )
-    if getattr(handle.model.config.get_text_config(), "final_logit_softcapping", None):
-        raise VlmflowError(
-            "this model soft-caps its logits, which the lens does not reproduce: use another model"
-        )
     return layers, norm, head
 
 
 def read_out(handle: Handle, hidden: torch.Tensor) -> torch.Tensor:
-    """(..., d) hidden states -> (..., V) float32 logits through the final norm and unembedding."""
+    """(..., d) hidden states -> (..., V) float32 logits through the final norm and unembedding
+    (and the soft cap on the logits where the model has one, `final_logit_softcapping`: Gemma
+    2 as the model's own head applies it)."""
     _, norm, head = parts(handle)
+    cap = getattr(handle.model.config.get_text_config(), "final_logit_softcapping", None)
     with torch.inference_mode():
-        return head(norm(hidden)).float()
+        logits = head(norm(hidden))
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
 
 
 def hidden_states(

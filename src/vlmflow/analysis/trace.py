@@ -215,7 +215,14 @@ def score_variants(
     from transformers import DynamicCache
 
     from vlmflow.attention import backend
-    from vlmflow.attention.batch import _chunk, _layers, _positions, _prefix, first_changed
+    from vlmflow.attention.batch import (
+        _chunk,
+        _layers,
+        _positions,
+        _prefix,
+        chunk_start,
+        first_changed,
+    )
 
     model = handle.model
     n = prompt.layout.length
@@ -224,7 +231,7 @@ def score_variants(
     # late rows change only the last position: they share every position before it
     late = [r for r, f in enumerate(firsts) if f == n - 1]
     early = [r for r, f in enumerate(firsts) if f < n - 1]
-    split = min((firsts[r] for r in early), default=n - 1)
+    split = chunk_start(handle, prompt, min((firsts[r] for r in early), default=n - 1))
     if batch <= 1 or bool((codes[split:] == int(Role.IMAGE)).any()):
         split = 0
     answer_ids = torch.tensor([list(answer)], dtype=torch.long, device=handle.device)  # (1, a)

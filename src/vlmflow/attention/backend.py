@@ -146,6 +146,35 @@ def _causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(kv, device=device)[None, :] <= rows)[None, None]
 
 
+def _implied(module: torch.nn.Module, q: int, kv: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, kv) bool: what SDPA does when transformers passes no mask: causal for a causal
+    module, every key for a module that is not causal (PaliGemma's prefix-LM layers, whose mask
+    is passed whenever it is not all keys)."""
+    if getattr(module, "is_causal", True):
+        return _causal(q, kv, device)
+    return torch.ones(1, 1, q, kv, dtype=torch.bool, device=device)
+
+
+def _kernel(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    value: torch.Tensor,  # (b, h_kv, kv, d)
+    mask: torch.Tensor | None,  # (b | 1, 1, q, kv) bool, or None
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:  # (b, q, h, d)
+    """The attention the layer asked for under `mask`: soft-capped scores when it passes
+    `softcap` (`softcapped_attention`), else transformers' SDPA function untouched."""
+    if kwargs.get("softcap") is not None:
+        return softcapped_attention(module, query, key, value, mask, scaling, dropout, kwargs)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    return out
+
+
 def attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (b, h, q, d)
@@ -201,9 +230,7 @@ def attention(
     session = current(module, q_len, kv_len)
     layer = getattr(module, "layer_idx", None)
     if session is None or layer is None or not session.touches(layer):
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+        return _kernel(module, query, key, value, attention_mask, scaling, dropout, kwargs), None
     session.check_layer(module, kwargs)
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
@@ -217,7 +244,14 @@ def attention(
     recorder = session.recorder
     record = recorder is not None and step >= 0 and recorder.wants(layer, step)
     split = None
-    if SPLIT and attention_mask is None and start == 0:
+    softcap = kwargs.get("softcap")
+    if (
+        SPLIT
+        and attention_mask is None
+        and start == 0
+        and softcap is None
+        and getattr(module, "is_causal", True)
+    ):
         split = session.split(layer, q_len, kv_len, query.device)
     cut = None
     if split is None:
@@ -232,24 +266,22 @@ def attention(
         # capture only, or nothing knocked out in this call: the output is SDPA's own; the
         # captured row is the last query, which sees every key that the given mask lets it see
         # (all of them when the mask is None)
-        out, _ = sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+        out = _kernel(module, query, key, value, attention_mask, scaling, dropout, kwargs)
         row = attention_mask[:, :, -1:, :] if attention_mask is not None else None
     else:
         mask = (
-            attention_mask if attention_mask is not None else _causal(q_len, kv_len, query.device)
+            attention_mask
+            if attention_mask is not None
+            else _implied(module, q_len, kv_len, query.device)
         )
         knocked = mask & ~cut[:, None]  # (b, 1, q, kv)
         if window is not None and session.self_blocking:
             _check_rows(session, mask, knocked, layer)
         mask = knocked
-        out, _ = sdpa_attention_forward(
-            module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+        out = _kernel(module, query, key, value, mask, scaling, dropout, kwargs)
         row = mask[:, :, -1:, :]
     if record and recorder is not None:
-        weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
+        weights = _last_row_weights(query, key, row, scaling, softcap)  # (b, h, kv)
         recorder.record(layer, step, _absolute(weights, start), roles)
     return out, None
 
@@ -342,17 +374,61 @@ def _last_row_weights(
     key: torch.Tensor,  # (b, h_kv, kv, d)
     row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool for the last query, None: all keys
     scaling: float | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:  # (b, h, kv) float32
-    """Softmax attention of the last query row, computed per key-value head group (no repeat)."""
+    """Softmax attention of the last query row, computed per key-value head group (no repeat);
+    scores soft-capped (tanh(s / cap) * cap) when the layer passes `softcap`."""
     b, h, _, d = query.shape
     h_kv, kv = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else d**-0.5
     q = query[:, :, -1, :].float().reshape(b, h_kv, h // h_kv, d)  # (b, h_kv, g, d)
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # (b, h_kv, g, kv)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.reshape(b, h, kv)
     if row_mask is not None:
         scores = scores.masked_fill(~row_mask[:, :, -1, :], float("-inf"))  # (b, 1, kv)
     return scores.softmax(dim=-1)
+
+
+def softcapped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (b, h, q, d)
+    key: torch.Tensor,  # (b, h_kv, kv, d)
+    value: torch.Tensor,  # (b, h_kv, kv, d)
+    mask: torch.Tensor | None,  # (b | 1, 1, q, kv) bool, or None
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:  # (b, q, h, d)
+    """Soft-capped attention (Gemma 2, PaliGemma 2: `softcap` = `attn_logit_softcapping`),
+    which SDPA cannot compute, as transformers' eager attention computes it: scores =
+    (q k^T) * scaling, tanh(scores / cap) * cap, the mask added (0 / the dtype's minimum),
+    softmax in float32 cast back, dropout, times V: the same operations in the same order, so
+    the same output. Without a mask: what SDPA would imply (`_implied`: causal for a causal
+    module when q > 1, every key otherwise). Knockout and capture act on it like on SDPA, in
+    `attention` (the mask given here already holds the knockout)."""
+    softcap = float(kwargs["softcap"])
+    _, h, q_len, d = query.shape
+    kv_len = key.shape[2]
+    if mask is None and q_len > 1 and getattr(module, "is_causal", True):
+        mask = _causal(q_len, kv_len, query.device)
+    groups = h // key.shape[1]
+    keys = key.repeat_interleave(groups, dim=1) if groups > 1 else key  # (b, h, kv, d)
+    values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    scale = scaling if scaling is not None else d**-0.5
+    scores = torch.matmul(query, keys.transpose(2, 3)) * scale  # (b, h, q, kv)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            floor = torch.finfo(scores.dtype).min
+            mask = torch.zeros((), dtype=scores.dtype, device=scores.device).masked_fill(
+                ~mask.to(scores.device), floor
+            )  # (b | 1, 1, q, kv) additive
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # (b, h, q, kv)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, values).transpose(1, 2).contiguous()  # (b, q, h, d)
 
 
 def register() -> None:

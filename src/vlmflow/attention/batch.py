@@ -7,13 +7,15 @@ per token for a single row. Here the settings are the rows of one batch: each ro
 apply to that row only (`Knockout.rows`), and every decode step serves all rows at once.
 
 What is shared: a knockout changes the outputs of exactly the positions whose role is in its
-`tgt`, and of nothing before them (attention is causal). So the prompt positions before the first
-position any variant targets are computed once, with batch 1, and their KV cache is copied to
-every row. For `image->generated` and top-k key sets (targets: generated) that is the whole
-prompt but its last position, which the batched `generate()` computes per row as its first step
-(cheap: one position); for `image->query` it is the prefix and the image (the long part), and
-only the query positions are computed per row, under each row's knockouts. Rows whose knockouts
-leave the whole prompt alone share the query positions too.
+`tgt`, and of nothing before them (attention is causal; inside a bidirectional prompt block,
+PaliGemma's prefix-LM, of the whole block, which is never split: `chunk_start`). So the prompt
+positions before the first position any variant targets are computed once, with batch 1, and
+their KV cache is copied to every row. For `image->generated` and top-k key sets (targets:
+generated) that is the whole prompt but its last position, which the batched `generate()`
+computes per row as its first step (cheap: one position); for `image->query` it is the prefix
+and the image (the long part), and only the query positions are computed per row, under each
+row's knockouts. Rows whose knockouts leave the whole prompt alone share the query positions
+too.
 """
 
 from __future__ import annotations
@@ -152,26 +154,29 @@ def _shared_cache(
     starts = [first_changed(layout, v) for v in variants]
     late = [r for r, s in enumerate(starts) if s >= n - 1]
     early = [r for r, s in enumerate(starts) if s < n - 1]
-    split = min((starts[r] for r in early), default=n - 1)
+    split = chunk_start(handle, prompt, min((starts[r] for r in early), default=n - 1))
     if bool((layout.codes[0, split : n - 1] == int(Role.IMAGE)).any()):
         split = 0  # a chunk cannot hold part of an image: compute those rows from the start
     positions = _positions(handle, prompt)  # (1, n) or (3, 1, n)
+    # a bidirectional prompt is computed whole and cut back to n - 1 positions: the last one,
+    # recomputed by generate() as a decode step, sees every prompt key as it did in the block
+    block = handle.roles.bidirectional_end(prompt.inputs)
 
-    cache: Any = _prefix(model, prompt.inputs, split) if split > 0 else None
+    cache: Any = _prefix(model, prompt.inputs, split, block) if split > 0 else None
     parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     if early:
         sub = _repeat_prompt(prompt, len(early))
         kos = [ko.on_rows([i]) for i, r in enumerate(early) for ko in variants[r]]
         with session(handle, sub, kos):
             if cache is None:
-                own = _prefix(model, sub.inputs, n - 1)
+                own = _prefix(model, sub.inputs, n - 1, block)
             else:
                 own = DynamicCache(ddp_cache_data=_layers(cache, len(early)))
                 _chunk(model, sub.input_ids, own, split, n - 1, positions)
         parts.append(_layers(own))  # (early, h_kv, n - 1, d) per layer
     if late:
         if cache is None:
-            cache = _prefix(model, prompt.inputs, n - 1)
+            cache = _prefix(model, prompt.inputs, n - 1, block)
         elif split < n - 1:
             _chunk(model, prompt.input_ids, cache, split, n - 1, positions)
         parts.insert(0, _layers(cache))  # (1, h_kv, n - 1, d) per layer
@@ -200,15 +205,25 @@ def whole_cache() -> Any:
     return DynamicCache()
 
 
-def _prefix(model: Any, inputs: Any, stop: int) -> Any:
+def _prefix(model: Any, inputs: Any, stop: int, block: int = 0) -> Any:
     """Forward the first `stop` prompt positions (with the image inputs); returns the cache,
-    every position kept at every layer (`whole_cache`)."""
+    every position kept at every layer (`whole_cache`).
+
+    Positions inside a bidirectional block [0, `block`) read the whole block: when `stop` ends
+    inside it, the block is computed whole and the cache cut back to `stop` positions."""
+    run = block if 0 < stop < block else stop
     cut = {
-        k: v[:, :stop] if k in _PER_POSITION and isinstance(v, torch.Tensor) else v
+        k: v[:, :run] if k in _PER_POSITION and isinstance(v, torch.Tensor) else v
         for k, v in inputs.items()
     }
-    out = model(**cut, past_key_values=whole_cache(), use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    cache = model(**cut, past_key_values=whole_cache(), use_cache=True, logits_to_keep=1)
+    cache = cache.past_key_values
+    if run > stop:
+        from transformers import DynamicCache
+
+        kept = [(k[:, :, :stop], v[:, :, :stop]) for k, v in _layers(cache)]  # (b, h_kv, stop, d)
+        cache = DynamicCache(ddp_cache_data=kept)
+    return cache
 
 
 def _chunk(
@@ -242,11 +257,16 @@ def _layers(cache: Any, repeat: int | None = None) -> list[tuple[torch.Tensor, t
 
 
 def _positions(handle: Handle, prompt: Prompt) -> torch.Tensor:
-    """Position ids of the prompt: (1, n), or (3, 1, n) for multimodal rotary positions."""
-    rope = handle.roles.rope_index(handle.model, prompt.inputs)
-    if rope is None:
-        return torch.arange(prompt.layout.length, device=handle.device)[None]
-    return rope[0]  # (3, 1, n)
+    """Position ids of the one-row prompt (`TokenRoles.positions`): (1, n), or (3, 1, n) for
+    multimodal rotary positions."""
+    return handle.roles.positions(handle.model, prompt.inputs)
+
+
+def chunk_start(handle: Handle, prompt: Prompt, split: int) -> int:
+    """Where a chunk of the one-row prompt that should start at `split` may start: `split`, or
+    0 when `split` falls inside the prompt's bidirectional block (`TokenRoles.
+    bidirectional_end`: PaliGemma's prefix-LM), whose positions read later ones too."""
+    return 0 if split < handle.roles.bidirectional_end(prompt.inputs) else split
 
 
 def _repeat_prompt(prompt: Prompt, count: int) -> Prompt:

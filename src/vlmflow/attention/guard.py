@@ -6,10 +6,11 @@ attention itself) would let a knockout pass silently: its keys stay visible and 
 no row for it. So before the first session on a model, one probe forward over two tokens of the
 session's prompt records every layer that calls the function and the arguments it passes; a
 session whose layers include one that did not call it, or one whose arguments the function cannot
-honour exactly (chunked attention, soft-capping, attention sinks, keys that are not sequence
-positions, a layer type other than full or sliding attention), is refused in one line naming the
-layers and the reason, before any generation runs. Sliding-window layers are honoured: the
-function maps their keys to absolute positions (`vlmflow.attention.backend`).
+honour exactly (chunked attention, attention sinks, keys that are not sequence positions, a layer
+type other than full or sliding attention), is refused in one line naming the layers and the
+reason, before any generation runs. Sliding-window layers are honoured (the function maps their
+keys to absolute positions) and so are soft-capped scores (Gemma 2: computed as transformers'
+eager attention computes them); see `vlmflow.attention.backend`.
 """
 
 from __future__ import annotations
@@ -116,8 +117,6 @@ def unsupported(module: torch.nn.Module, kwargs: dict[str, Any]) -> str:
         )
     if kind is not None and kind not in _FULL:
         return f"{kind} layers (knockout and capture act on softmax attention over all keys)"
-    if kwargs.get("softcap") is not None:
-        return "soft-capped attention (capture cannot reproduce its weights)"
     if kwargs.get("s_aux") is not None or getattr(module, "sinks", None) is not None:
         return "attention sinks (capture cannot reproduce its weights)"
     return ""

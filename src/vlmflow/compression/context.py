@@ -188,14 +188,15 @@ def top_indices(score: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
     """Token ids of a second user turn (`question`) plus the generation cue, after any first
-    turn: the difference between the chat template rendered with and without that turn.
+    turn: the difference between the prompt rendered with and without that turn
+    (`TokenRoles.render`: the chat template; PaliGemma: the question and its newline).
 
     Raises VlmflowError when `question` spells a special token (`Handle.check_text`) or the
-    chat template rewrites earlier turns."""
+    rendering rewrites earlier turns."""
     handle.check_text(question)
-    first = _user_turn(DEFAULT_PROMPT, image=True)
-    one = _render(handle, [first], add_generation_prompt=False)
-    two = _render(handle, [first, _user_turn(question)], add_generation_prompt=True)
+    first = (1, DEFAULT_PROMPT)
+    one = handle.roles.render([first], add_generation_prompt=False)
+    two = handle.roles.render([first, (0, question)], add_generation_prompt=True)
     if not two.startswith(one):
         raise VlmflowError(
             "this chat template rewrites earlier turns: re-prompting needs a plain one"
@@ -204,29 +205,17 @@ def continuation_ids(handle: Handle, question: str) -> torch.Tensor:
     return ids["input_ids"]  # (1, q)
 
 
-def _user_turn(text: str, image: bool = False) -> dict[str, Any]:
-    content = [{"type": "image"}] if image else []
-    return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
-
-
-def _render(handle: Handle, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-    return str(
-        handle.processor.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-    )
-
-
 def _context_text(handle: Handle, prompt: str) -> str:
-    return _render(handle, [_user_turn(prompt, image=True)], add_generation_prompt=False)
+    return handle.roles.render([(1, prompt)], add_generation_prompt=False)
 
 
 def next_positions(handle: Handle, inputs: Any, length: int) -> torch.Tensor:
-    """(axes, 1) position of the token after the first `length` prompt positions."""
-    rope = handle.roles.rope_index(handle.model, inputs, length)
-    if rope is None:
-        return torch.tensor([[length]])
-    return rope[0][:, 0, -1:].cpu() + 1  # (3, 1)
+    """(axes, 1) position id of the token after the first `length` prompt positions
+    (`TokenRoles.positions`: M-RoPE axes, PaliGemma's count from 1)."""
+    positions = handle.roles.positions(handle.model, inputs, length)  # (b, n) | (3, b, n)
+    if positions.dim() == 2:
+        positions = positions[None]
+    return positions[:, 0, -1:].cpu() + 1  # (axes, 1)
 
 
 def compress(

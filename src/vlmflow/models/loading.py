@@ -94,7 +94,8 @@ class Handle:
     def prepare(
         self, images: ImageLike | Sequence[ImageLike], prompt: str = DEFAULT_PROMPT
     ) -> Prompt:
-        """One user turn: the image(s), then the text, through the model's chat template.
+        """One user turn: the image(s), then the text, as the family writes a prompt (the
+        model's chat template; PaliGemma: as its processor writes it, `TokenRoles.render`).
 
         Args:
             images: one image or a list of them: a file path, an http(s) URL, a PIL image or a
@@ -123,22 +124,16 @@ class Handle:
         """
         from vlmflow.images import read_image
 
-        texts, per_row = [], []
+        texts, sent, per_row = [], [], []
         for images, text in items:
             self.check_text(text)
             pil = [read_image(i) for i in images]
-            content: list[dict[str, str]] = [{"type": "image"} for _ in pil]
-            content.append({"type": "text", "text": text})
-            messages = [{"role": "user", "content": content}]
-            texts.append(
-                self.processor.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-            )
+            texts.append(self.roles.render([(len(pil), text)], add_generation_prompt=True))
+            sent.append(self.roles.processor_text(len(pil), text))
             per_row.append(pil)
         tok = self.processor.tokenizer
         tok.padding_side = "left"
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        kwargs: dict[str, Any] = {"text": sent, "return_tensors": "pt", "padding": True}
         if any(per_row):
             kwargs["images"] = self.roles.processor_images(per_row)
         try:
@@ -149,6 +144,7 @@ class Handle:
                 f"the {self.family} processor refuses this input ({first}): crop, pad or resize "
                 "the image to a shape this model accepts"
             ) from None
+        inputs.pop("labels", None)  # training targets (PaliGemma's processor), never an input
         self.check_length(int(inputs["input_ids"].shape[1]))
         image_inputs = self.roles.image_inputs(inputs, per_row)
         layout = self.roles.layout(inputs["input_ids"], inputs.get("attention_mask"), image_inputs)

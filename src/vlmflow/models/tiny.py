@@ -38,6 +38,8 @@ TINY_FAMILIES = (
     "idefics3",
     "smolvlm",
     "gemma3",
+    "paligemma",
+    "paligemma2",
 )
 # Model types with no family module that load through the generic resolver (roles only).
 GENERIC_FAMILIES = ("aya_vision",)
@@ -65,8 +67,11 @@ def _chat_template(image: str, bos: str = "<s>", eos_turn: str = "</s>") -> str:
     )
 
 
-def _tokenizer(specials: list[str], extra: dict[str, str] | None = None) -> Any:
-    """A word-level tokenizer with the family's special tokens, wrapped as a fast tokenizer."""
+def _tokenizer(
+    specials: list[str], extra: dict[str, str] | None = None, plain: tuple[str, ...] = ()
+) -> Any:
+    """A word-level tokenizer with the family's special tokens, wrapped as a fast tokenizer;
+    `plain` adds ordinary tokens matched before the whitespace split (e.g. "\\n")."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,6 +84,7 @@ def _tokenizer(specials: list[str], extra: dict[str, str] | None = None) -> Any:
     )
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in base + specials])
+    tok.add_tokens([AddedToken(t, normalized=False) for t in plain])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -333,14 +339,11 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
         from transformers import Idefics3Config as Config
         from transformers import Idefics3ImageProcessorPil as ImageProcessor
         from transformers import Idefics3Processor as Processor
-
-        vision["model_type"] = "idefics3_vision"
     else:
         from transformers import SmolVLMConfig as Config  # type: ignore[assignment]
         from transformers import SmolVLMImageProcessorPil as ImageProcessor  # type: ignore[assignment]
         from transformers import SmolVLMProcessor as Processor  # type: ignore[assignment]
 
-        vision["model_type"] = "smolvlm_vision"
     config = Config(
         vision_config=vision,
         text_config=_text_config("llama", len(tok)),
@@ -393,6 +396,36 @@ def _gemma3(out: Path) -> tuple[Any, Any]:
         tokenizer=tok,
         image_seq_length=16,
         chat_template=_chat_template(specials[0]),
+    )
+    return config, processor
+
+
+def _paligemma(out: Path, version: int) -> tuple[Any, Any]:
+    """PaliGemma (Gemma decoder) or PaliGemma 2 (Gemma 2: soft-capped attention, every other
+    layer a sliding window, here wider than any test sequence). No chat template: the processor
+    writes the prompt itself."""
+    from transformers import PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    tok = _tokenizer(["<image>"], {"image_token": "<image>"}, plain=("\n",))
+    image_processor = SiglipImageProcessorPil(size={"height": 56, "width": 56})
+    image_processor.image_seq_length = 16  # type: ignore[attr-defined]  # (56 / 14) ** 2 patches
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    vocab = len(processor.tokenizer)  # the processor adds its <loc....> and <seg...> tokens
+    text: dict[str, Any] = {"head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
+    if version == 2:
+        text |= {
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 2.0,  # small: the cap changes the weights visibly
+            "final_logit_softcapping": 30.0,
+            "sliding_window": 1024,
+        }
+    config = PaliGemmaConfig(
+        vision_config=_vision(model_type="siglip_vision_model"),
+        text_config=_text_config("gemma" if version == 1 else "gemma2", vocab, **text),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vocab_size=vocab,
+        projection_dim=64,
+        hidden_size=64,
     )
     return config, processor
 
@@ -531,6 +564,8 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
     "gemma3": _gemma3,
+    "paligemma": lambda out: _paligemma(out, 1),
+    "paligemma2": lambda out: _paligemma(out, 2),
     "aya_vision": _aya_vision,
     "qwen3_5": _qwen3_5,
     "llama4": _llama4,

@@ -9,7 +9,7 @@ token is found.
 
 # isort: off
 # The import order is the registration order, which `vlmflow supports ...` lists.
-from vlmflow.models.families import llava, qwen_vl, qwen3_vl, internvl, idefics, gemma3  # noqa: F401
+from vlmflow.models.families import llava, qwen_vl, qwen3_vl, internvl, idefics, gemma3, paligemma  # noqa: F401
 
 # isort: on
 from vlmflow.models.families.generic import GenericResolverWarning, GenericRoles, generic_for

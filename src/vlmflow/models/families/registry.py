@@ -7,7 +7,7 @@ A family is one module of this package: a `TokenRoles` subclass decorated with `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,6 +83,48 @@ class TokenRoles:
         """Before `generate()` continues a KV cache built outside it for the prompt `inputs`:
         tell the model where positions continue after the prompt (every row holds the same
         prompt). Default: nothing to do (positions continue at the cache length)."""
+
+    def positions(
+        self, model: Any, inputs: Mapping[str, Any], length: int | None = None
+    ) -> torch.Tensor:
+        """Position ids of the first `length` prompt positions (all when None), as the model
+        numbers them when it runs the prompt itself: (b, length), or (axes, b, length) for
+        multimodal rotary positions (`rope_index`). A forward pass that continues a KV cache
+        outside `generate()` passes these (and counts on from the last one). Default: the
+        `rope_index` positions, else 0..length-1."""
+        rope = self.rope_index(model, inputs, length)
+        if rope is not None:
+            return rope[0]
+        ids = inputs["input_ids"][:, :length]  # (b, length)
+        return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+
+    def bidirectional_end(self, inputs: Mapping[str, Any]) -> int:
+        """Prompt positions [0, end) of the one-row prompt `inputs` attend to each other in
+        both directions (a prefix-LM mask); the rest is causal. A computation that shares or
+        reuses part of the prompt's KV cache may start a chunk at 0 or at end and later only.
+        Default 0: causal throughout."""
+        return 0
+
+    def render(self, turns: Sequence[tuple[int, str]], add_generation_prompt: bool) -> str:
+        """The text the language model reads for user `turns` ((images, text) each, images
+        as the processor's unexpanded placeholders), with the answer cue when
+        `add_generation_prompt`: `prepare`'s prompt (one turn, cue) and a compressed
+        context's follow-up turns. Default: the processor's chat template."""
+        messages = []
+        for images, text in turns:
+            content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
+            content.append({"type": "text", "text": text})
+            messages.append({"role": "user", "content": content})
+        return str(
+            self.processor.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        )
+
+    def processor_text(self, images: int, text: str) -> str:
+        """What `prepare` hands the processor for one user turn of `images` images and `text`,
+        so that it tokenizes to `render([(images, text)], True)`. Default: that rendering."""
+        return self.render([(images, text)], add_generation_prompt=True)
 
     # -- shared -----------------------------------------------------------------------------
     def layout(
