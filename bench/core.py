@@ -336,15 +336,6 @@ def main() -> None:
         return
 
     sizes = [int(v) for v in args.images.split(",")]
-    timing = [
-        time_variants(args.model, n, args.new_tokens, args.repeats, args.device, args.dense)
-        for n in sizes
-    ]
-    memory = [
-        measure_memory(args.model, int(n), args.new_tokens, args.device)
-        for n in args.memory_images.split(",")
-        if n.strip()
-    ]
     result = {
         "model": args.shape or args.model,
         "device": args.device,
@@ -352,9 +343,35 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "load_average": os.getloadavg(),
-        "timing": timing,
-        "memory": memory,
+        "timing": [],
+        "memory": [],
     }
+
+    def save() -> None:  # after each measurement: a later failure loses nothing measured
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+
+    for n in sizes:
+        result["timing"].append(
+            time_variants(args.model, n, args.new_tokens, args.repeats, args.device, args.dense)
+        )
+        save()
+    print_timing(result, args)
+    for n in (int(v) for v in args.memory_images.split(",") if v.strip()):
+        m = measure_memory(args.model, n, args.new_tokens, args.device)
+        result["memory"].append(m)
+        save()
+        peaks = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in m["peak_bytes"].items())
+        print(
+            f"  memory at {m['prompt_tokens']} tokens ({m['image_tokens']} image): {peaks};"
+            f" capture / eager output_attentions {m['capture_over_eager']:.4f} (target <= 0.1)",
+            flush=True,
+        )
+
+
+def print_timing(result: dict, args: argparse.Namespace) -> None:
+    """The timing table: wall time, then process CPU time, each / plain SDPA generate."""
+    timing = result["timing"]
     print(
         f"model {args.shape or args.model} on {args.device}, {args.new_tokens} new tokens,"
         f" median of {args.repeats} interleaved repeats (order rotated per repeat), after one"
@@ -374,15 +391,7 @@ def main() -> None:
             f"{t['cpu_over_plain'][name]:>9.3f} ({t['median_cpu_seconds'][name]:6.1f}s)"
             for t in timing
         )
-        print(f"  {name:<48}{cells}")
-    for m in memory:
-        peaks = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in m["peak_bytes"].items())
-        print(
-            f"  memory at {m['prompt_tokens']} tokens ({m['image_tokens']} image): {peaks};"
-            f" capture / eager output_attentions {m['capture_over_eager']:.4f} (target <= 0.1)"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        print(f"  {name:<48}{cells}", flush=True)
 
 
 if __name__ == "__main__":
