@@ -34,7 +34,7 @@ def test_roles_follow_the_tokens(family, tiny_path, photo):
     span = prompt.layout.images[0][0]
     patches = span.patch_positions
     assert len(patches) == len(set(patches))
-    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>"}
+    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>", "[IMG]"}
     feature_positions = {i for i, t in enumerate(tokens) if t in feature_tokens}
     assert set(patches) | (set(span.separators) & feature_positions) == feature_positions
     for tile in span.tiles:
@@ -54,6 +54,8 @@ EXPECTED_TILES = {
     "qwen2_vl": [("image", 3, 5)],
     "internvl": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
+    "llava_onevision": [("base", 4, 4), ("grid", 6, 8)],
+    "mistral3": [("image", 3, 4)],  # 130x90 -> 112x77 -> 112x84: 28 px merged patches
 }
 
 
@@ -63,8 +65,10 @@ def test_tiled_geometry(family, tiny_path, photo):
     span = handle.prepare(photo).layout.images[0][0]
     assert [(t.kind, t.rows, t.cols) for t in span.tiles] == EXPECTED_TILES[family]
     assert span.size == (130, 90)
-    if family == "llava_next":  # one newline token after each row of the high-res grid
+    if family in ("llava_next", "llava_onevision"):  # a newline after each high-res grid row
         assert len(span.separators) == span.tiles[1].rows
+    if family == "mistral3":  # [IMG_BREAK] after each row but the last, [IMG_END] after it
+        assert len(span.separators) == span.tiles[0].rows
     if family in ("internvl", "idefics3"):  # tiles cover the image once, row-major
         boxes = [t.box for t in span.tiles if t.kind == "tile"]
         assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == pytest.approx(1.0)

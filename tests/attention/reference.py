@@ -24,6 +24,9 @@ IMAGE_TOKENS = {
     "<IMG_CONTEXT>",
     "<fake_token_around_image>",
     "<global-img>",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 
 

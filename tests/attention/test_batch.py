@@ -33,7 +33,7 @@ def _one_by_one(handle, prompt, variants, capture=None, **kwargs):
     return ids, captures
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llava_onevision", "mistral3"])
 @pytest.mark.parametrize("with_capture", [False, True])
 def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))

@@ -123,7 +123,8 @@ def test_empty_session_equals_plain_generate(family, rows, mode, where, tiny_pat
     ("family", "mode"),
     [("llava", mode) for mode in MODES]
     + [("qwen2_vl", mode) for mode in MODES]
-    + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")],
+    + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")]
+    + [("llava_onevision", "greedy"), ("mistral3", "greedy"), ("mistral3", "beams_sequences")],
 )
 def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
     """Under image -> query+generated at all layers, every row (beams and returned sequences

@@ -20,6 +20,8 @@ CASES = [
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),
+    ("llava_onevision", "image-query+generated", "from:1"),
+    ("mistral3", "image-query+generated", "only:1-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

@@ -71,7 +71,9 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_5_vl", "internvl", "llava_onevision", "mistral3"]
+)
 def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)

@@ -112,6 +112,35 @@ def _found_qwen(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.nd
     return [red[f].any(axis=(2, 3, 4, 5)) for f in range(t)]
 
 
+def _found_llava_onevision(
+    inputs: Any, handle: Any, tiles: tuple[Tile, ...]
+) -> list[np.ndarray]:
+    """The model's own packing (unpadding, pooling) of the crops' marker cells: a token reads
+    the marker where its packed feature is not zero."""
+    model = handle.model.model
+    p = model.config.vision_config.patch_size
+    red = _red(inputs["pixel_values"][0].numpy(), handle.processor.image_processor)
+    ch, cw = red.shape[-2:]
+    crops = np.stack([_cells(crop, ch // p, cw // p) for crop in red])  # (crops, rows, cols)
+    features = torch.from_numpy(crops.reshape(len(crops), -1, 1).astype(np.float32))
+    packed, _ = model.pack_image_features(
+        [features], inputs["image_sizes"], None, model.config.vision_aspect_ratio
+    )
+    flat = packed[0][:, 0].numpy() > 0
+    base, grid = tiles
+    cut = base.rows * base.cols
+    return [flat[:cut].reshape(base.rows, base.cols), flat[cut:].reshape(grid.rows, grid.cols)]
+
+
+def _found_mistral3(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
+    """Merged patches of the image's own size (the batch pads bottom and right)."""
+    config = handle.model.config
+    merged = config.vision_config.patch_size * config.spatial_merge_size
+    h, w = inputs["image_sizes"][0].tolist()
+    red = _red(inputs["pixel_values"][0].numpy()[:, :h, :w], handle.processor.image_processor)
+    return [_cells(red, h // merged, w // merged)]
+
+
 def _found_tiles(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
     """InternVL and Idefics3 / SmolVLM: one square crop per tile, in the layout's order."""
     pixels = inputs["pixel_values"].numpy()
@@ -128,6 +157,8 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "internvl": _found_tiles,
     "idefics3": _found_tiles,
     "smolvlm": _found_tiles,
+    "llava_onevision": _found_llava_onevision,
+    "mistral3": _found_mistral3,
 }
 
 
@@ -162,6 +193,22 @@ def _pinpoints(points: list[list[int]]) -> Callable[[Any], None]:
     def apply(handle: Any) -> None:  # the model packs by its config: keep both the same
         handle.processor.image_processor.image_grid_pinpoints = points
         handle.model.config.image_grid_pinpoints = points
+
+    return apply
+
+
+def _aspect_ratio(value: str) -> Callable[[Any], None]:
+    def apply(handle: Any) -> None:  # the processor counts tokens by it, the model pools by it
+        handle.processor.vision_aspect_ratio = value
+        handle.model.config.vision_aspect_ratio = value
+
+    return apply
+
+
+def _merge(size: int) -> Callable[[Any], None]:
+    def apply(handle: Any) -> None:  # the processor writes tokens by it, the model merges by it
+        handle.processor.spatial_merge_size = size
+        handle.model.config.spatial_merge_size = size
 
     return apply
 
@@ -216,6 +263,17 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
         "split": _none,
         "no split": _set(do_image_splitting=False),
     },
+    "llava_onevision": {
+        "anyres": _none,
+        # at most one crop's worth of tokens: larger grids are pooled by bilinear interpolation
+        "pooled": _aspect_ratio("anyres_max_1"),
+        "wide pinpoints": _pinpoints([[56, 168], [168, 56], [112, 112], [56, 56]]),
+    },
+    "mistral3": {
+        "longest edge": _none,
+        "smaller": _set(size={"longest_edge": 56}),
+        "no merge": _merge(1),
+    },
 }
 # (width, height): wide, tall, square, and thin banners and strips
 SIZES = [(200, 100), (100, 200), (90, 90), (300, 20), (20, 300), (30, 800)]
@@ -228,10 +286,39 @@ def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     p = int(getattr(handle.processor, "patch_size", 14) or 14)
     if family in ("llava", "llava_next"):
         return float(p)
+    if family == "llava_onevision":
+        return float(handle.model.config.vision_config.patch_size)
+    if family == "mistral3":
+        config = handle.model.config
+        return float(config.vision_config.patch_size * config.spatial_merge_size)
     if family in ("qwen2_vl", "qwen2_5_vl"):
         ip = handle.processor.image_processor
         return float(ip.patch_size * ip.merge_size)
     return 56 / tile.rows  # InternVL / Idefics3 crops are 56 px here
+
+
+def _pooling_reach(tile: Tile, family: str, handle: Any, inputs: Any) -> tuple[float, float]:
+    """How far past its cell a token may read, as fractions of the image (x, y): LLaVA-OneVision
+    pools a large grid by bilinear interpolation, which blends the two unpooled cells nearest to
+    each token's center: up to one unpooled cell (of the model's own unpadded grid) past its cell."""
+    if family != "llava_onevision" or tile.kind != "grid" or tile.empty:
+        return 0.0, 0.0
+    from transformers.models.llava_onevision.modeling_llava_onevision import (
+        get_anyres_image_grid_shape,
+        unpad_image,
+    )
+
+    config = handle.model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    size = inputs["image_sizes"][0].tolist()
+    nph, npw = get_anyres_image_grid_shape(
+        size, config.image_grid_pinpoints, config.vision_config.image_size
+    )
+    rows, cols = unpad_image(torch.zeros(0, nph * side, npw * side), size).shape[1:]
+    if (rows, cols) == (tile.rows, tile.cols):
+        return 0.0, 0.0  # not pooled
+    x0, y0, x1, y1 = tile.box
+    return (x1 - x0) / cols, (y1 - y0) / rows
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -259,7 +346,8 @@ def test_token_cells_hold_the_marker(family: str, option: str, tiny_path: Any) -
                 x0, y0, x1, y1 = tile.box
                 cw, ch = (x1 - x0) / tile.cols, (y1 - y0) / tile.rows
                 px = _pixels_per_cell(tile, family, handle)
-                tol_x, tol_y = BLUR_PX * cw / px, BLUR_PX * ch / px
+                reach_x, reach_y = _pooling_reach(tile, family, handle, prompt.inputs)
+                tol_x, tol_y = BLUR_PX * cw / px + reach_x, BLUR_PX * ch / px + reach_y
                 grown = (target[0] - tol_x, target[1] - tol_y, target[2] + tol_x, target[3] + tol_y)
                 for r, c in zip(*np.nonzero(cells), strict=True):
                     cell = (x0 + c * cw, y0 + r * ch, x0 + (c + 1) * cw, y0 + (r + 1) * ch)

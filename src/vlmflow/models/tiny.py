@@ -11,7 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlmflow.models.processors import has_torchvision, image_only, save_processor
+from vlmflow.models.processors import (
+    has_torchvision,
+    image_only,
+    processor_class,
+    save_processor,
+)
 
 WORDS = """
 describe the image what is in this picture a an of and with on at to it there are
@@ -31,6 +36,8 @@ TINY_FAMILIES = (
     "internvl",
     "idefics3",
     "smolvlm",
+    "llava_onevision",
+    "mistral3",
 )
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
@@ -289,6 +296,85 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     return config, processor
 
 
+def _llava_onevision(out: Path) -> tuple[Any, Any]:
+    """LLaVA-OneVision: a SigLIP tower of 4 x 4 patches per 56 px view, crops up to 2 x 2."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    tok = _tokenizer(["<image>", "<video>"])
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
+    config = LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+        },
+        text_config=_text_config("qwen2", len(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=pinpoints,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = _video_capable(LlavaOnevisionProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=_chat_template("<image>"),
+        **_NO_VIDEO,
+    )
+    return config, processor
+
+
+def _mistral3(out: Path) -> tuple[Any, Any]:
+    """Mistral 3: a Pixtral tower of 14 px patches, merged 2 x 2, images up to 112 px."""
+    from transformers import Mistral3Config, PixtralImageProcessorPil
+
+    specials = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tok = _tokenizer(specials)
+    config = Mistral3Config(
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "head_dim": 16,
+            "image_size": 112,
+            "patch_size": 14,
+        },
+        text_config=_text_config("mistral", len(tok), sliding_window=None, head_dim=16),
+        image_token_id=tok.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": 112}, patch_size={"height": 14, "width": 14}
+    )
+    processor = processor_class("PixtralProcessor")(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        spatial_merge_size=2,
+        chat_template=_chat_template("[IMG]"),
+    )
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "llava": lambda out: _llava(out, anyres=False),
     "llava_next": lambda out: _llava(out, anyres=True),
@@ -297,11 +383,19 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "internvl": _internvl,
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
+    "llava_onevision": _llava_onevision,
+    "mistral3": _mistral3,
 }
 
 
 # Processor init arguments that the image-only save must keep.
-_PROCESSOR_FIELDS = ("image_seq_length", "image_seq_len")
+_PROCESSOR_FIELDS = (
+    "image_seq_length",
+    "image_seq_len",
+    "num_image_tokens",
+    "vision_feature_select_strategy",
+    "vision_aspect_ratio",
+)
 
 
 def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:

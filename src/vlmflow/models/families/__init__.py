@@ -7,7 +7,8 @@ interface and registry (`registry`) and image-grid geometry (`geometry`).
 
 # isort: off
 # The import order is the registration order, which `vlmflow supports ...` lists.
-from vlmflow.models.families import llava, qwen_vl, internvl, idefics  # noqa: F401
+from vlmflow.models.families import llava, qwen_vl, internvl, idefics, llava_onevision  # noqa: F401
+from vlmflow.models.families import mistral3  # noqa: F401
 
 # isort: on
 from vlmflow.models.families.registry import (
