@@ -317,8 +317,8 @@ def _llava_onevision(out: Path) -> tuple[Any, Any]:
             "patch_size": 14,
         },
         text_config=_text_config("qwen2", len(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         vision_aspect_ratio="anyres_max_9",
@@ -357,7 +357,7 @@ def _mistral3(out: Path) -> tuple[Any, Any]:
             "patch_size": 14,
         },
         text_config=_text_config("mistral", len(tok), sliding_window=None, head_dim=16),
-        image_token_id=tok.convert_tokens_to_ids("[IMG]"),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         spatial_merge_size=2,
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
@@ -365,7 +365,9 @@ def _mistral3(out: Path) -> tuple[Any, Any]:
     image_processor = PixtralImageProcessorPil(
         size={"longest_edge": 112}, patch_size={"height": 14, "width": 14}
     )
-    processor = processor_class("PixtralProcessor")(
+    pixtral = processor_class("PixtralProcessor")
+    assert pixtral is not None  # transformers defines it
+    processor = pixtral(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=14,
