@@ -110,17 +110,22 @@ def _text_config(model_type: str, vocab_size: int, **extra: Any) -> dict[str, An
     }
 
 
-def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+def _vision(model_type: str, image_size: int = 56, **extra: Any) -> dict[str, Any]:
+    """A two-layer vision tower config of 14 px patches."""
     return {
-        "model_type": "clip_vision_model",
+        "model_type": model_type,
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "image_size": image_size,
         "patch_size": 14,
-        "projection_dim": 32,
+        **extra,
     }
+
+
+def _clip_vision(image_size: int = 56) -> dict[str, Any]:
+    return _vision("clip_vision_model", image_size, projection_dim=32)
 
 
 def _llava(out: Path, anyres: bool) -> tuple[Any, Any]:
@@ -255,29 +260,17 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision: dict[str, Any] = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
         from transformers import Idefics3ImageProcessorPil as ImageProcessor
         from transformers import Idefics3Processor as Processor
-
-        vision["model_type"] = "idefics3_vision"
     else:
         from transformers import SmolVLMConfig as Config  # type: ignore[assignment]
         from transformers import SmolVLMImageProcessorPil as ImageProcessor  # type: ignore[assignment]
         from transformers import SmolVLMProcessor as Processor  # type: ignore[assignment]
-
-        vision["model_type"] = "smolvlm_vision"
     config = Config(
-        vision_config=vision,
+        vision_config=_vision(f"{family}_vision"),
         text_config=_text_config("llama", len(tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
@@ -307,15 +300,7 @@ def _llava_onevision(out: Path) -> tuple[Any, Any]:
     tok = _tokenizer(["<image>", "<video>"])
     pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
     config = LlavaOnevisionConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-        },
+        vision_config=_vision("siglip_vision_model"),
         text_config=_text_config("qwen2", len(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
@@ -346,16 +331,7 @@ def _mistral3(out: Path) -> tuple[Any, Any]:
     specials = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
     tok = _tokenizer(specials)
     config = Mistral3Config(
-        vision_config={
-            "model_type": "pixtral",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "head_dim": 16,
-            "image_size": 112,
-            "patch_size": 14,
-        },
+        vision_config=_vision("pixtral", 112, head_dim=16),
         text_config=_text_config("mistral", len(tok), sliding_window=None, head_dim=16),
         image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         spatial_merge_size=2,
