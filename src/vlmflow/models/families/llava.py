@@ -3,6 +3,8 @@ picture (LLaVA-NeXT adds the high-resolution grid with a newline after each row)
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from vlmflow.errors import VlmflowError
@@ -116,7 +118,7 @@ class LlavaNextRoles(LlavaRoles):
 
     family = "llava_next"
     model_types = ("llava_next",)
-    _modeling = "transformers.models.llava_next.modeling_llava_next"
+    _modeling = "transformers.models.llava_next.modeling_llava_next"  # owns `unpad_image`
 
     def _grids(self, image: ImageInput) -> tuple[_Grid, _Grid]:
         from transformers.image_processing_utils import (
@@ -169,8 +171,6 @@ class LlavaNextRoles(LlavaRoles):
         """(rows, cols) that the model keeps of the rows x cols feature grid of a height x
         width image: transformers' `unpad_image` of the family's modeling module, applied to
         an empty grid of that shape."""
-        import importlib
-
         unpad_image = importlib.import_module(self._modeling).unpad_image
         kept = unpad_image(torch.empty(0, rows, cols), [height, width]).shape
         return int(kept[1]), int(kept[2])
