@@ -40,7 +40,7 @@ def test_roles_follow_the_tokens(family, tiny_path, photo):
     span = prompt.layout.images[0][0]
     patches = span.patch_positions
     assert len(patches) == len(set(patches))
-    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>", "<image_soft_token>"}
+    feature_tokens = {"<image>", "<|image_pad|>", "<IMG_CONTEXT>", "<image_soft_token>", "[IMG]"}
     feature_positions = {i for i, t in enumerate(tokens) if t in feature_tokens}
     assert set(patches) | (set(span.separators) & feature_positions) == feature_positions
     for tile in span.tiles:
@@ -63,6 +63,8 @@ EXPECTED_TILES = {
     "idefics3": [("tile", 2, 2)] * 4 + [("thumbnail", 2, 2)],
     "gemma3": [("image", 4, 4)],  # squashed: the whole picture
     "paligemma": [("image", 4, 4)],  # squashed to 56 x 56: the grid covers the whole image
+    "llava_onevision": [("base", 4, 4), ("grid", 6, 8)],
+    "mistral3": [("image", 3, 4)],  # 130x90 -> 112x77 -> 112x84: 28 px merged patches
 }
 
 
@@ -89,8 +91,10 @@ def test_tiled_geometry(family, tiny_path, photo):
     span = handle.prepare(photo).layout.images[0][0]
     assert [(t.kind, t.rows, t.cols) for t in span.tiles] == EXPECTED_TILES[family]
     assert span.size == (130, 90)
-    if family == "llava_next":  # one newline token after each row of the high-res grid
+    if family in ("llava_next", "llava_onevision"):  # a newline after each high-res grid row
         assert len(span.separators) == span.tiles[1].rows
+    if family == "mistral3":  # [IMG_BREAK] after each row but the last, [IMG_END] after it
+        assert len(span.separators) == span.tiles[0].rows
     if family in ("internvl", "idefics3"):  # tiles cover the image once, row-major
         boxes = [t.box for t in span.tiles if t.kind == "tile"]
         assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == pytest.approx(1.0)
@@ -117,7 +121,12 @@ def test_two_images_in_one_prompt(family, tiny_path, photo, photo2):
     counts = two.layout.counts()
     assert sum(counts.values()) == two.layout.length
     assert counts["image"] == sum(s.end - s.start for s in spans)
-    assert counts["image"] > one.layout.counts()["image"]
+    if family == "llava_onevision":  # each image among several: one padded view, one newline
+        grids = [[(t.kind, t.rows, t.cols) for t in s.tiles] for s in spans]
+        assert grids == [[("image", 4, 4)]] * 2
+        assert [len(s.separators) for s in spans] == [1, 1]
+    else:
+        assert counts["image"] > one.layout.counts()["image"]
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "paligemma"])

@@ -38,6 +38,9 @@ IMAGE_TOKENS = {
     "<start_of_image>",
     "<image_soft_token>",
     "<end_of_image>",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 # tokens whose consecutive runs attend to each other bidirectionally (Gemma 3's image blocks)
 BLOCK_TOKENS = {"<image_soft_token>"}

@@ -34,7 +34,18 @@ def _one_by_one(handle, prompt, variants, capture=None, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "family", ["llava", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma", "paligemma2"]
+    "family",
+    [
+        "llava",
+        "qwen2_vl",
+        "qwen3_vl",
+        "qwen3_vl_moe",
+        "gemma3",
+        "paligemma",
+        "paligemma2",
+        "llava_onevision",
+        "mistral3",
+    ],
 )
 @pytest.mark.parametrize("with_capture", [False, True])
 def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):

@@ -126,7 +126,8 @@ def test_empty_session_equals_plain_generate(family, rows, mode, where, tiny_pat
     + [("idefics3", "sampled_sequences"), ("idefics3", "beams_sequences")]
     + [("qwen3_vl", "beams_sequences"), ("qwen3_vl_moe", "greedy")]
     + [("gemma3", "greedy"), ("gemma3", "beams_sequences")]
-    + [("aya_vision", "greedy"), ("aya_vision", "beams")],  # the generic resolver
+    + [("aya_vision", "greedy"), ("aya_vision", "beams")]  # the generic resolver
+    + [("llava_onevision", "greedy"), ("mistral3", "greedy"), ("mistral3", "beams_sequences")],
 )
 def test_knockout_makes_every_row_blind_to_the_image(family, mode, tiny_path):
     """Under image -> query+generated at all layers, every row (beams and returned sequences

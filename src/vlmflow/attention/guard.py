@@ -122,7 +122,6 @@ def unsupported(module: torch.nn.Module, kwargs: dict[str, Any]) -> str:
     return ""
 
 
-
 @contextmanager
 def probing() -> Iterator[dict[int, str]]:
     """Record the layers that call the attention function inside the block."""

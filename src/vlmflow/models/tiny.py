@@ -12,7 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlmflow.models.processors import has_torchvision, image_only, save_processor
+from vlmflow.models.processors import (
+    has_torchvision,
+    image_only,
+    processor_class,
+    save_processor,
+)
 
 WORDS = """
 describe the image what is in this picture a an of and with on at to it there are
@@ -40,6 +45,8 @@ TINY_FAMILIES = (
     "gemma3",
     "paligemma",
     "paligemma2",
+    "llava_onevision",
+    "mistral3",
 )
 # Model types with no family module that load through the generic resolver (roles only).
 GENERIC_FAMILIES = ("aya_vision",)
@@ -333,7 +340,6 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     grid_tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tok = _tokenizer(specials + grid_tags)
-    vision = _vision()
     image_size = {"longest_edge": 112}
     if family == "idefics3":
         from transformers import Idefics3Config as Config
@@ -345,7 +351,7 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
         from transformers import SmolVLMProcessor as Processor  # type: ignore[assignment]
 
     config = Config(
-        vision_config=vision,
+        vision_config=_vision(model_type=f"{family}_vision"),
         text_config=_text_config("llama", len(tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
@@ -426,6 +432,70 @@ def _paligemma(out: Path, version: int) -> tuple[Any, Any]:
         vocab_size=vocab,
         projection_dim=64,
         hidden_size=64,
+    )
+    return config, processor
+
+
+def _llava_onevision(out: Path) -> tuple[Any, Any]:
+    """LLaVA-OneVision: a SigLIP tower of 4 x 4 patches per 56 px view, crops up to 2 x 2."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    tok = _tokenizer(["<image>", "<video>"])
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
+    config = LlavaOnevisionConfig(
+        vision_config=_vision(model_type="siglip_vision_model"),
+        text_config=_text_config("qwen2", len(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=pinpoints,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = _video_capable(LlavaOnevisionProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=_chat_template("<image>"),
+        **_NO_VIDEO,
+    )
+    return config, processor
+
+
+def _mistral3(out: Path) -> tuple[Any, Any]:
+    """Mistral 3: a Pixtral tower of 14 px patches, merged 2 x 2, images up to 112 px."""
+    from transformers import Mistral3Config, PixtralImageProcessorPil
+
+    specials = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tok = _tokenizer(specials)
+    config = Mistral3Config(
+        vision_config=_vision(model_type="pixtral", image_size=112, head_dim=16),
+        text_config=_text_config("mistral", len(tok), sliding_window=None, head_dim=16),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": 112}, patch_size={"height": 14, "width": 14}
+    )
+    pixtral = processor_class("PixtralProcessor")
+    assert pixtral is not None  # transformers defines it
+    processor = pixtral(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        spatial_merge_size=2,
+        chat_template=_chat_template("[IMG]"),
     )
     return config, processor
 
@@ -566,6 +636,8 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "gemma3": _gemma3,
     "paligemma": lambda out: _paligemma(out, 1),
     "paligemma2": lambda out: _paligemma(out, 2),
+    "llava_onevision": _llava_onevision,
+    "mistral3": _mistral3,
     "aya_vision": _aya_vision,
     "qwen3_5": _qwen3_5,
     "llama4": _llama4,
@@ -575,7 +647,13 @@ _FINISH: dict[str, Callable[[Any], None]] = {"gemma3": _random_projection}
 
 
 # Processor init arguments that the image-only save must keep.
-_PROCESSOR_FIELDS = ("image_seq_length", "image_seq_len")
+_PROCESSOR_FIELDS = (
+    "image_seq_length",
+    "image_seq_len",
+    "num_image_tokens",
+    "vision_feature_select_strategy",
+    "vision_aspect_ratio",
+)
 
 
 def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:

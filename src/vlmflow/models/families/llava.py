@@ -3,6 +3,10 @@ picture (LLaVA-NeXT adds the high-resolution grid with a newline after each row)
 
 from __future__ import annotations
 
+import importlib
+
+import torch
+
 from vlmflow.errors import VlmflowError
 from vlmflow.models.families.geometry import (
     _cells,
@@ -34,6 +38,14 @@ class LlavaRoles(TokenRoles):
         n = int(self.processor.num_additional_image_tokens)
         return n - 1 if self.processor.vision_feature_select_strategy == "default" else n
 
+    def _patch(self) -> int:
+        """Pixels per side of one vision patch (one grid cell)."""
+        return int(self.processor.patch_size)
+
+    def _pads_to_square(self, ip: _Options) -> bool:
+        """Whether the image processor pads the picture to a centered square first."""
+        return bool(getattr(ip, "do_pad", False)) and hasattr(ip.ip, "pad_to_square")
+
     def _unplaced(self) -> str:
         ip = self.processor.image_processor
         if not _standard_resize(ip):
@@ -44,7 +56,7 @@ class LlavaRoles(TokenRoles):
         ip = _Options(self.processor)
         w, h = image.size
         box: Box = WHOLE
-        if getattr(ip, "do_pad", False) and hasattr(ip.ip, "pad_to_square"):
+        if self._pads_to_square(ip):
             side = max(w, h)
             left, top = (side - w) // 2, (side - h) // 2
             box = crop_box(box, (w, h), (-left, -top, side - left, side - top))
@@ -55,13 +67,27 @@ class LlavaRoles(TokenRoles):
         ph, pw = image.processed or (h, w)
         if (ph, pw) != (h, w):  # the batch padding of `do_pad` (PilBackend): bottom and right
             box = crop_box(box, (w, h), (0, 0, pw, ph))
-        return _cells(box, ph, pw, int(self.processor.patch_size))
+        return _cells(box, ph, pw, self._patch())
 
     def _per_image(self, image: ImageInput) -> int:
         ip = _Options(self.processor)
-        p = int(self.processor.patch_size)
+        p = self._patch()
         h, w = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
         return self._extra() + (h // p) * (w // p)
+
+    def _placed_grid(self, image: ImageInput, cells: int) -> _Grid:
+        """`_image_grid` for a run of `cells` patch tokens; a square grid over the whole image,
+        with the reason, where the processor's resize cannot be placed. Raises VlmflowError
+        when the grid does not hold `cells` tokens."""
+        grid = self._image_grid(image)
+        if grid.unplaced:
+            side = _square(cells, self.family)
+            return _Grid(side, side, WHOLE, grid.unplaced)
+        if grid.rows * grid.cols != cells:
+            raise VlmflowError(
+                f"{self.family}: {cells} image tokens for a {grid.rows} x {grid.cols} patch grid"
+            )
+        return grid
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
@@ -72,15 +98,7 @@ class LlavaRoles(TokenRoles):
             cursor += n
             if len(chunk) < n:
                 break
-            grid = self._image_grid(image)
-            if grid.unplaced:
-                side = _square(n - extra, "llava")
-                grid = _Grid(side, side, WHOLE, grid.unplaced)
-            elif grid.rows * grid.cols != n - extra:
-                raise VlmflowError(
-                    f"llava: {n - extra} image tokens for a {grid.rows} x {grid.cols} patch grid"
-                )
-            tile = grid.tile("image", chunk[extra:])
+            tile = self._placed_grid(image, n - extra).tile("image", chunk[extra:])
             spans.append(
                 ImageSpan(k, chunk[0], chunk[-1] + 1, (tile,), tuple(chunk[:extra]), image.size)
             )
@@ -100,6 +118,7 @@ class LlavaNextRoles(LlavaRoles):
 
     family = "llava_next"
     model_types = ("llava_next",)
+    _modeling = "transformers.models.llava_next.modeling_llava_next"  # owns `unpad_image`
 
     def _grids(self, image: ImageInput) -> tuple[_Grid, _Grid]:
         from transformers.image_processing_utils import (
@@ -108,8 +127,8 @@ class LlavaNextRoles(LlavaRoles):
         )
         from transformers.image_utils import ChannelDimension
 
-        proc, ip = self.processor, _Options(self.processor)
-        p = int(proc.patch_size)
+        ip = _Options(self.processor)
+        p = self._patch()
         w, h = image.size
         ch, cw = image.processed or (int(ip.crop_size["height"]), int(ip.crop_size["width"]))
         unplaced = self._unplaced()
@@ -139,33 +158,62 @@ class LlavaNextRoles(LlavaRoles):
         scale_h, scale_w = best_h // ch, best_w // cw
         fh, fw = (ch // p) * scale_h, (cw // p) * scale_w  # the whole feature grid
         features = crop_box(canvas, (best_w, best_h), (0, 0, scale_w * cw, scale_h * ch))
-        unpadded, rows = proc._get_unpadded_features(h, w, ch // p, cw // p, scale_h, scale_w)
-        if rows < fh:  # rows cut off: columns all kept
-            cols, cut_r, cut_c = fw, (fh - rows) // 2, 0
-        else:
-            cols = unpadded // rows
-            cut_r, cut_c = 0, (fw - cols) // 2
+        rows, cols = self._kept(h, w, fh, fw)
+        cut_r, cut_c = (fh - rows) // 2, (fw - cols) // 2  # the padding cut off either side
         box = crop_box(features, (fw, fh), (cut_c, cut_r, fw - cut_c, fh - cut_r))
+        rows, cols = self._pooled(h, w, (ch // p, cw // p), (scale_h, scale_w), (rows, cols))
         return (
             _Grid(base.rows, base.cols, base.box, base_unplaced),
             _Grid(rows, cols, box, unplaced),
         )
 
-    def _per_image(self, image: ImageInput) -> int:
-        base, grid = self._grids(image)
-        return self._extra() + base.rows * base.cols + grid.rows * (grid.cols + 1)
+    def _kept(self, height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
+        """(rows, cols) that the model keeps of the rows x cols feature grid of a height x
+        width image: transformers' `unpad_image` of the family's modeling module, applied to
+        an empty grid of that shape."""
+        unpad_image = importlib.import_module(self._modeling).unpad_image
+        kept = unpad_image(torch.empty(0, rows, cols), [height, width]).shape
+        return int(kept[1]), int(kept[2])
+
+    def _pooled(
+        self,
+        height: int,
+        width: int,
+        crop: tuple[int, int],
+        scale: tuple[int, int],
+        kept: tuple[int, int],
+    ) -> tuple[int, int]:
+        """(rows, cols) of tokens that the model makes of the `kept` unpadded feature grid of
+        a height x width image (crops of `crop` patches, `scale` crops per side). LLaVA-NeXT:
+        all of them."""
+        return kept
+
+    def _anyres(self, count: int) -> bool:
+        """Whether an image among `count` in a prompt gets the base view and the
+        high-resolution grid (else its one view, closed by one newline token)."""
+        return True
 
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
         spans, cursor, extra = [], 0, self._extra()
+        anyres = self._anyres(len(images))
         for k, image in enumerate(images):
-            base, grid = self._grids(image)
-            first = extra + base.rows * base.cols
-            n = first + grid.rows * (grid.cols + 1)
+            if anyres:
+                base, grid = self._grids(image)
+                first = extra + base.rows * base.cols
+                n = first + grid.rows * (grid.cols + 1)
+            else:  # one view, then one newline
+                n = self._per_image(image) + 1
+                first = n - 1
             chunk = positions[cursor : cursor + n]
             cursor += n
             if len(chunk) < n:
                 break
+            if not anyres:
+                view = self._placed_grid(image, first - extra).tile("image", chunk[extra:first])
+                seps = (*chunk[:extra], chunk[first])
+                spans.append(ImageSpan(k, chunk[0], chunk[-1] + 1, (view,), seps, image.size))
+                continue
             cells, newlines = [], []
             for r in range(grid.rows):
                 row = chunk[first + r * (grid.cols + 1) : first + (r + 1) * (grid.cols + 1)]
