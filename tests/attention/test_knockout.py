@@ -20,6 +20,10 @@ CASES = [
     ("idefics3", "image-generated", "all"),
     ("internvl", "image-query+generated", "from:1"),
     ("llava_next", "image-query", "only:0-1"),
+    # mllama: layers 1 and 3 are cross-attention layers, the others self-attention
+    ("mllama", "image-generated", "from:1"),
+    ("mllama", "image-query", "all"),
+    ("mllama", "image-query+generated", "except:2-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

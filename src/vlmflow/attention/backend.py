@@ -32,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from vlmflow.attention import guard
 from vlmflow.attention.knockout import Split, blocked
 from vlmflow.errors import VlmflowError
+from vlmflow.roles import Role
 
 if TYPE_CHECKING:
     from vlmflow.attention.session import Session
@@ -131,6 +132,7 @@ def _check_inputs(
     cache = kwargs.get("past_key_values")
     past = int(cache.get_seq_length()) if cache is not None else 0
     if current(model, int(ids.shape[1]), past + int(ids.shape[1])) is session:
+        session.passing = (past, past + int(ids.shape[1]))
         session.check_inputs(ids, past)
         if past == 0 and session.recorder is not None:
             session.recorder.clear()
@@ -195,6 +197,11 @@ def attention(
     session.check_layer(module, kwargs)
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
+    if layer in session.cross:
+        out = _cross_attention(
+            session, module, layer, query, key, value, attention_mask, scaling, dropout, kwargs
+        )
+        return out, None
     roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
     step = kv_len - session.prompt_length
     recorder = session.recorder
@@ -230,6 +237,48 @@ def attention(
         weights = _last_row_weights(query, key, row, scaling)  # (b, h, kv)
         recorder.record(layer, step, weights, roles)
     return out, None
+
+
+def _cross_attention(
+    session: Session,
+    module: torch.nn.Module,
+    layer: int,
+    query: torch.Tensor,  # (b, h, q, d) text positions
+    key: torch.Tensor,  # (b, h_kv, v, d) the image's vision states
+    value: torch.Tensor,  # (b, h_kv, v, d)
+    attention_mask: torch.Tensor | None,  # (b, 1, q, v) float additive, or None
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:  # (b, q, h, d)
+    """A cross-attention layer (keys: vision states, all of role image): the model's own
+    attention, then the rows of queries whose role a knockout cuts off from the image at this
+    layer set to 0 (they read nothing: no softmax over an empty key set is ever formed); the
+    other rows are the model's own, bit for bit."""
+    b, _, q_len, _ = query.shape
+    start, end = session.text_positions(q_len)
+    expand = b // session.rows
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    images = torch.full(
+        (b, key.shape[2]), int(Role.IMAGE), dtype=torch.int8, device=query.device
+    )  # (b, v) the role of every key
+    present = session.query_role_codes(start, end)
+    query_roles = session.key_roles(end, query.device, expand)[:, start:end]  # (b, q)
+    cut = blocked(session.knockouts, layer, query_roles, images, present, expand)  # (b, q, v)
+    rows = cut.any(dim=-1) if cut is not None else None  # (b, q) rows that read nothing
+    if rows is not None:
+        out = out.masked_fill(rows[:, :, None, None], 0.0)
+    recorder = session.recorder
+    step = end - session.prompt_length
+    if recorder is not None and step >= 0 and recorder.wants(layer, step):
+        bias = attention_mask[:, :, -1:, :] if attention_mask is not None else None
+        weights = _last_row_weights(query, key, bias, scaling)  # (b, h, v)
+        if rows is not None:
+            weights = weights * (~rows[:, -1]).to(weights.dtype)[:, None, None]
+        recorder.record(layer, step, weights, images)
+    return out
 
 
 def _split_attention(
@@ -280,18 +329,21 @@ def _split_attention(
 def _last_row_weights(
     query: torch.Tensor,  # (b, h, q, d)
     key: torch.Tensor,  # (b, h_kv, kv, d)
-    row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool for the last query, None: all keys
+    row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool or float additive, None: all keys
     scaling: float | None,
 ) -> torch.Tensor:  # (b, h, kv) float32
-    """Softmax attention of the last query row, computed per key-value head group (no repeat)."""
+    """Softmax attention of the last query row, computed per key-value head group (no repeat).
+    A bool `row_mask` keeps the keys that are True; a float one is added to the scores."""
     b, h, _, d = query.shape
     h_kv, kv = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else d**-0.5
     q = query[:, :, -1, :].float().reshape(b, h_kv, h // h_kv, d)  # (b, h_kv, g, d)
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # (b, h_kv, g, kv)
     scores = scores.reshape(b, h, kv)
-    if row_mask is not None:
+    if row_mask is not None and row_mask.dtype == torch.bool:
         scores = scores.masked_fill(~row_mask[:, :, -1, :], float("-inf"))  # (b, 1, kv)
+    elif row_mask is not None:
+        scores = scores + row_mask[:, :, -1, :].float()  # (b, 1, kv)
     return scores.softmax(dim=-1)
 
 

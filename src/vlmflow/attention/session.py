@@ -24,6 +24,7 @@ import torch
 from vlmflow.attention import backend, guard
 from vlmflow.attention.capture import Capture, CaptureResult, Recorder
 from vlmflow.attention.knockout import Group, Knockout, ResolvedKnockout, Split, row_groups
+from vlmflow.attention.layers import spans
 from vlmflow.errors import VlmflowError
 from vlmflow.models.layout import PromptLayout
 from vlmflow.roles import Role
@@ -69,19 +70,39 @@ class Session:
                 raise VlmflowError(
                     f"knockout {spec} names rows the prompt does not have: it has {batch} row(s)"
                 )
+        # decoder layers whose keys are the image's vision states (queries: text positions)
+        self.cross = handle.roles.cross_attention_layers()
         for ko, spec in zip(self.knockouts, knockouts, strict=True):
+            on_cross = sorted(set(ko.keys) & self.cross)
+            if on_cross:
+                raise VlmflowError(
+                    f"knockout {spec} blocks prompt positions at cross-attention layers"
+                    f" {spans(on_cross)}, whose keys are the image's tiles: choose a role"
+                    " knockout there (e.g. image->generated) or self-attention layers"
+                )
             guard.check(handle, prompt, ko.layers, f"knockout {spec}")
         self._touched = frozenset().union(*(k.layers for k in self.knockouts))
         self.recorder: Recorder | None = None
         if capture is not None:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
             captured = self.recorder.fraction_layers | self.recorder.image_layers
+            on_cross = sorted(self.recorder.image_layers & self.cross)
+            if on_cross:
+                raise VlmflowError(
+                    f"image rows at cross-attention layers {spans(on_cross)} cover the image's"
+                    " tiles, not prompt positions, so maps, localization, top-k and compress"
+                    " are unavailable for this model: capture role fractions there"
+                    " (image_layers=None)"
+                )
             guard.check(handle, prompt, captured, "capture")
             self._touched |= captured
         self._codes = layout.codes.to(handle.device)
         self._by_device: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._present: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
         self._checked: set[int] = set()
+        # text positions [start, end) of the forward pass under way (set by the backend's
+        # pre-hook): what a cross-attention call, whose keys are no positions, acts on
+        self.passing: tuple[int, int] | None = None
         # every row holds the same roles and no padding: knockouts acting on every row can run
         # without a (b, 1, q, kv) mask (`split`)
         codes = layout.codes
@@ -158,6 +179,18 @@ class Session:
     @property
     def prompt_length(self) -> int:
         return self.layout.length
+
+    def text_positions(self, q_len: int) -> tuple[int, int]:
+        """Text positions [start, end) of a cross-attention call over `q_len` queries: those of
+        the forward pass under way. Raises VlmflowError when the pass is unknown (the model
+        ran without `input_ids`) or holds another number of positions."""
+        if self.passing is None or self.passing[1] - self.passing[0] != q_len:
+            self.refuse(
+                "a cross-attention layer ran on text positions this session cannot place (a"
+                " forward pass without input_ids): run the model on the prompt's input_ids"
+            )
+        assert self.passing is not None
+        return self.passing
 
     def touches(self, layer: int) -> bool:
         """Whether a knockout or the capture of this session acts at decoder `layer`."""

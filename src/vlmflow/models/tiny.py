@@ -31,6 +31,7 @@ TINY_FAMILIES = (
     "internvl",
     "idefics3",
     "smolvlm",
+    "mllama",
 )
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
@@ -289,6 +290,57 @@ def _idefics(out: Path, family: str) -> tuple[Any, Any]:
     return config, processor
 
 
+def _mllama(out: Path) -> tuple[Any, Any]:
+    """Llama 3.2 Vision: 5 decoder layers, cross-attention at 1 and 3; up to 2 tiles of 28 px
+    (4 patches + CLS each)."""
+    from transformers import MllamaConfig, MllamaImageProcessorPil, MllamaProcessor
+
+    tok = _tokenizer(["<|image|>"])
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+            "max_num_tiles": 2,
+            "supported_aspect_ratios": [[1, 1], [1, 2], [2, 1]],
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": 64,
+        },
+        text_config=_text_config(
+            "mllama_text_model",
+            len(tok),
+            num_hidden_layers=5,
+            cross_attention_layers=[1, 3],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    image_processor = MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2)
+    processor = MllamaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=_chat_template("<|image|>"),
+    )
+    return config, processor
+
+
+def _open_gates(model: Any) -> None:
+    """Llama 3.2 Vision's tanh gates start at zero, which would cut the image off: random."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            with torch.no_grad():
+                param.uniform_(0.5, 1.5)
+
+
+# random values for parameters a random build leaves at a constant that hides the image
+_AFTER_BUILD: dict[str, Callable[[Any], None]] = {"mllama": _open_gates}
+
 _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "llava": lambda out: _llava(out, anyres=False),
     "llava_next": lambda out: _llava(out, anyres=True),
@@ -297,6 +349,7 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "internvl": _internvl,
     "idefics3": lambda out: _idefics(out, "idefics3"),
     "smolvlm": lambda out: _idefics(out, "smolvlm"),
+    "mllama": _mllama,
 }
 
 
@@ -319,6 +372,8 @@ def build_tiny(family: str, out: Path | str, seed: int = 0) -> Path:
     config, processor = _BUILDERS[family](out)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
+    if family in _AFTER_BUILD:
+        _AFTER_BUILD[family](model)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

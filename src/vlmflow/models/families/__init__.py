@@ -1,13 +1,13 @@
 """Per-family `TokenRoles` resolvers: which prompt positions are image tokens, and their grid.
 
 Everything else in vlmflow is family-agnostic; a family is one module here (`llava`, `qwen_vl`,
-`internvl`, `idefics`) holding a `TokenRoles` subclass registered with `register`, on the shared
+`internvl`, `idefics`, `mllama`) holding a `TokenRoles` subclass registered with `register`, on the shared
 interface and registry (`registry`) and image-grid geometry (`geometry`).
 """
 
 # isort: off
 # The import order is the registration order, which `vlmflow supports ...` lists.
-from vlmflow.models.families import llava, qwen_vl, internvl, idefics  # noqa: F401
+from vlmflow.models.families import llava, qwen_vl, internvl, idefics, mllama  # noqa: F401
 
 # isort: on
 from vlmflow.models.families.registry import (
