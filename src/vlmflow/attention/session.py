@@ -89,10 +89,10 @@ class Session:
             on_cross = sorted(self.recorder.image_layers & self.cross)
             if on_cross:
                 raise VlmflowError(
-                    f"image rows at cross-attention layers {spans(on_cross)} cover the image's"
-                    " tiles, not prompt positions, so maps, localization, top-k and compress"
-                    " are unavailable for this model: capture role fractions there"
-                    " (image_layers=None)"
+                    f"image rows at cross-attention layers {spans(on_cross)} would cover the"
+                    " image's tiles, not prompt positions: maps, localization, top-k and"
+                    " compress are unavailable for this model; capture role fractions there"
+                    " (image_layers at self-attention layers only)"
                 )
             guard.check(handle, prompt, captured, "capture")
             self._touched |= captured

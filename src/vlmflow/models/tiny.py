@@ -33,6 +33,10 @@ TINY_FAMILIES = (
     "smolvlm",
     "mllama",
 )
+# The families among them whose image enters the text only through cross-attention layers: the
+# prompt holds no image tokens with a place on the picture, so maps, localization, top-k and
+# compress (which read attention rows over prompt image positions) refuse them.
+CROSS_ATTENTION_FAMILIES = ("mllama",)
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
 # it spells the image placeholder and the turn markers.
