@@ -190,7 +190,8 @@ def test_the_probe_reaches_the_cross_layers(family, tiny_path, photo):
 
     parent = fresh.model.get_decoder().layers[layer]
     parent.cross_attn = Own()
-    with pytest.raises(VlmflowError, match=f"layers {layer}: never calls") as err:
-        with vlmflow.session(fresh, fresh.prepare(photo), vlmflow.Knockout.parse("image->query")):
-            pass
+    knockout = vlmflow.Knockout.parse("image->query")
+    refused = pytest.raises(VlmflowError, match=f"layers {layer}: never calls")
+    with refused as err, vlmflow.session(fresh, fresh.prepare(photo), knockout):
+        pass
     assert "\n" not in str(err.value)

@@ -75,7 +75,7 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
     assert torch.allclose(sums, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "internvl", "mllama"])
 def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)
@@ -90,7 +90,12 @@ def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     assert all(torch.equal(base[i], cut[i]) for i in range(3))
     assert not torch.equal(base[3], cut[3])
     # and the function itself is SDPA, untouched, at a layer the session does not select
-    layer = handle.model.model.language_model.layers[1].self_attn
+    # (mllama's layer 1 is a cross-attention layer)
+    layer = next(
+        m
+        for m in handle.model.modules()
+        if getattr(m, "layer_idx", None) == 1 and hasattr(m, "q_proj")
+    )
     q = torch.randn(1, 4, 5, 16)
     k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
     with vlmflow.session(

@@ -1,8 +1,8 @@
 """Per-family `TokenRoles` resolvers: which prompt positions are image tokens, and their grid.
 
 Everything else in vlmflow is family-agnostic; a family is one module here (`llava`, `qwen_vl`,
-`internvl`, `idefics`, `mllama`) holding a `TokenRoles` subclass registered with `register`, on the shared
-interface and registry (`registry`) and image-grid geometry (`geometry`).
+`internvl`, `idefics`, `mllama`) holding a `TokenRoles` subclass registered with `register`, on
+the shared interface and registry (`registry`) and image-grid geometry (`geometry`).
 """
 
 # isort: off
