@@ -128,6 +128,7 @@ def _check_inputs(
     keeps only the latest run (a second `s.generate()` never mixes its steps with the first's)."""
     ids = kwargs.get("input_ids", args[0] if args else None)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        session.passing = None  # positions unknown: a cross-attention layer refuses the pass
         return
     cache = kwargs.get("past_key_values")
     past = int(cache.get_seq_length()) if cache is not None else 0
@@ -171,6 +172,11 @@ def attention(
     captured step the last query row's softmax weights (b, h, kv) float32, recomputed without
     repeating key-value heads, go to the session's recorder (reduced there to role fractions
     and image rows, paper Sec. 4.3-4.5).
+
+    At a cross-attention layer (`TokenRoles.cross_attention_layers`: queries are text
+    positions, keys the image's vision states, every key of role image) a knockout of image
+    keys sets the output rows of its target queries to 0 and leaves the others as the model
+    computes them (`_cross_attention`).
 
     Args:
         module: the layer's attention module (its `layer_idx` picks the knockout layers).

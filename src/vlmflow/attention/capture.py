@@ -30,7 +30,9 @@ class Capture:
     Step t is the forward pass that produced generated token t (step 0: the prefill's last
     prompt position). The result (`CaptureResult`, on CPU): `fractions` (steps, layers, b, 4)
     float32, per role prefix / image / query / generated, summing to 1 (NaN where not
-    captured); `image_rows[layer]` (steps, b, n_image) in `dtype`. These are the measurements
+    captured; at a cross-attention layer, whose keys are the image's tiles, image is 1, and all
+    four are 0 where a knockout leaves the row nothing to read); `image_rows[layer]`
+    (steps, b, n_image) in `dtype`, at self-attention layers only. These are the measurements
     of the paper's Sec. 4.3-4.5 (attention to the image across layers, localization).
     Build with `Capture.of(layers="all", image_layers="only:10-20")`; a bad layer spec raises
     VlmflowError.
