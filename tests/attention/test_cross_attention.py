@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForImageTextToText
 
 import vlmflow
 from vlmflow.attention import guard
@@ -18,6 +19,8 @@ from vlmflow.errors import VlmflowError
 from vlmflow.experiments.maps import render
 from vlmflow.models.tiny import CROSS_ATTENTION_FAMILIES
 from vlmflow.roles import Role
+
+from . import reference
 
 NEW = 4
 SETTINGS = [
@@ -103,8 +106,24 @@ def test_capture_reads_the_tiles_at_cross_layers(family, tiny_path, photo):
     cross = sorted(handle.roles.cross_attention_layers())
     own = [layer for layer in range(handle.num_layers) if layer not in cross]
     plain = handle.generate(prompt, max_new_tokens=NEW)
-    with vlmflow.session(handle, prompt, capture=vlmflow.Capture.of()) as s:
+    capture = vlmflow.Capture.of(tile_layers="all", dtype="float32")
+    with vlmflow.session(handle, prompt, capture=capture) as s:
         assert s.generate(max_new_tokens=NEW).tolist() == plain.tolist()
+    tiles = s.capture.tile_rows  # layer -> (steps, b, v)
+    assert sorted(tiles) == cross
+    # the prefill's last row over the tiles equals the independent reference's (heads averaged)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(tiny_path(family)),
+        attn_implementation={"text_config": reference.NAME, "vision_config": "sdpa"},
+    ).eval()
+    tokens = handle.processor.tokenizer.convert_ids_to_tokens(prompt.input_ids[0])
+    reference.greedy_without_cache(model, prompt.inputs, tokens, 1, [], [], [])
+    for layer in cross:
+        expected = reference.STATE["weights"][layer][0, :, -1].mean(0)  # (v,)
+        assert tiles[layer].shape == (NEW, 1, expected.shape[0])
+        torch.testing.assert_close(tiles[layer][0, 0], expected, atol=1e-5, rtol=1e-4)
+        sums = tiles[layer][:, 0].sum(-1)  # (steps,) every step's row is one softmax
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
     image = s.capture.role_fraction("image")  # (steps, layers, b)
     assert torch.allclose(image[:, cross], torch.ones_like(image[:, cross]), atol=1e-6)
     # self-attention layers: the <|image|> position is the one image key there
@@ -164,6 +183,13 @@ def test_what_needs_prompt_image_keys_is_refused(family, tiny_path, photo):
         with pytest.raises(VlmflowError) as err, open_session():
             pass
         assert "\n" not in str(err.value) and "cross-attention layers 1" in str(err.value)
+    no_cross = vlmflow.Capture.of(tile_layers="only:2")
+    with (
+        pytest.raises(VlmflowError, match="holds none") as err,
+        vlmflow.session(handle, prompt, capture=no_cross),
+    ):
+        pass
+    assert "\n" not in str(err.value)
     with pytest.raises(VlmflowError, match="maps cannot place") as err:
         render(np.zeros((1, 1)), [span.start], span, 8)
     assert "\n" not in str(err.value)

@@ -85,15 +85,23 @@ class Session:
         self.recorder: Recorder | None = None
         if capture is not None:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
-            captured = self.recorder.fraction_layers | self.recorder.image_layers
-            on_cross = sorted(self.recorder.image_layers & self.cross)
+            recorder = self.recorder
+            captured = recorder.fraction_layers | recorder.image_layers | recorder.tile_layers
+            on_cross = sorted(recorder.image_layers & self.cross)
             if on_cross:
                 raise VlmflowError(
                     f"image rows at cross-attention layers {spans(on_cross)} would cover the"
                     " image's tiles, not prompt positions: maps, localization, top-k and"
-                    " compress are unavailable for this model; capture role fractions there"
+                    " compress are unavailable for this model; capture tile_layers there"
                     " (image_layers at self-attention layers only)"
                 )
+            if recorder.tile_layers and not recorder.tile_layers & self.cross:
+                raise VlmflowError(
+                    f"tile rows exist at cross-attention layers only, and tile_layers"
+                    f" {capture.tile_layers} holds none (this model's: {spans(self.cross)}):"
+                    " capture image_layers instead"
+                )
+            recorder.tile_layers &= self.cross  # the cross-attention layers of the set
             guard.check(handle, prompt, captured, "capture")
             self._touched |= captured
         self._codes = layout.codes.to(handle.device)
