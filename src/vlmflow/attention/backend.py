@@ -205,7 +205,17 @@ def attention(
     session.check_capture_rows(query.shape[0])
     if layer in session.cross:
         out = _cross_attention(
-            session, module, layer, query, key, value, attention_mask, scaling, dropout, kwargs
+            session,
+            module,
+            layer,
+            expand,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling,
+            dropout,
+            kwargs,
         )
         return out, None
     roles = session.key_roles(kv_len, query.device, expand)  # (b * expand, kv)
@@ -249,6 +259,7 @@ def _cross_attention(
     session: Session,
     module: torch.nn.Module,
     layer: int,
+    expand: int,  # batch rows per prompt row (beams, sequences)
     query: torch.Tensor,  # (b, h, q, d) text positions
     key: torch.Tensor,  # (b, h_kv, v, d) the image's vision states
     value: torch.Tensor,  # (b, h_kv, v, d)
@@ -263,7 +274,6 @@ def _cross_attention(
     other rows are the model's own, bit for bit."""
     b, _, q_len, _ = query.shape
     start, end = session.text_positions(q_len)
-    expand = b // session.rows
     out, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )

@@ -86,7 +86,6 @@ class Session:
         if capture is not None:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
             recorder = self.recorder
-            captured = recorder.fraction_layers | recorder.image_layers | recorder.tile_layers
             on_cross = sorted(recorder.image_layers & self.cross)
             if on_cross:
                 raise VlmflowError(
@@ -102,6 +101,7 @@ class Session:
                     " capture image_layers instead"
                 )
             recorder.tile_layers &= self.cross  # the cross-attention layers of the set
+            captured = recorder.fraction_layers | recorder.image_layers | recorder.tile_layers
             guard.check(handle, prompt, captured, "capture")
             self._touched |= captured
         self._codes = layout.codes.to(handle.device)
