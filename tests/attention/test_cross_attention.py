@@ -170,6 +170,32 @@ def test_every_text_role_knocked_out_makes_the_text_blind(family, tiny_path, pho
 
 
 @pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
+def test_expanded_rows_are_blind_too(family, tiny_path, photo, photo2):
+    """Beams and returned sequences of a padded two-row batch: each expanded row follows its
+    prompt row's roles at cross-attention layers too (identical scores for other images)."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    ko = vlmflow.Knockout.parse("image->prefix+query+generated", "all")
+    runs = []
+    for image in (photo, photo2):
+        items = [([image], "Describe the image."), ([image], "What is in this picture ?")]
+        prompt = handle.prepare_batch(items)
+        with vlmflow.session(handle, prompt, knockout=ko) as s:
+            runs.append(
+                s.generate(
+                    max_new_tokens=NEW,
+                    num_beams=2,
+                    num_return_sequences=2,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            )
+    one, other = runs
+    assert one.sequences.shape[0] == 4
+    assert one.sequences.tolist() == other.sequences.tolist()
+    assert all(torch.equal(a, b) for a, b in zip(one.scores, other.scores, strict=True))
+
+
+@pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
 def test_what_needs_prompt_image_keys_is_refused(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)

@@ -148,7 +148,7 @@ def test_capture_does_not_change_generation(family, tiny_path, photo):
     assert bool((result.role_fraction("generated")[1:] > 0).all())
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "mllama"])
 def test_batch_with_padding_matches_single_prompts(family, tiny_path, photo, photo2):
     handle = vlmflow.load(str(tiny_path(family)))
     items = [([photo], "Describe the image."), ([photo2], "What is in this picture ?")]

@@ -51,6 +51,10 @@ class MllamaRoles(TokenRoles):
     family = "mllama"
     model_types = ("mllama",)
 
+    def processor_images(self, per_row: list[list[Any]]) -> list[Any]:
+        """The processor takes one list of images per row."""
+        return per_row
+
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
         spans = []
