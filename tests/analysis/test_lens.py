@@ -20,7 +20,8 @@ def test_lens_at_the_last_layer_is_the_models_own_logits(
 ) -> None:
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo, "Describe the image.")
-    positions = prompt.layout.patch_positions(0)
+    # mllama's image has no patch tokens in the prompt: read its <|image|> position
+    positions = prompt.layout.patch_positions(0) or prompt.layout.image_positions(0)
     last = handle.num_layers - 1
     mine = read_out(handle, hidden_states(handle, prompt, [last], positions)[0])  # (p, V)
     with torch.inference_mode():
@@ -28,7 +29,7 @@ def test_lens_at_the_last_layer_is_the_models_own_logits(
     # the same norm and unembedding on the same states; the product over p rows instead of all
     # n may be blocked differently by the matrix library: equal up to float32 rounding
     torch.testing.assert_close(mine, own, atol=1e-5, rtol=1e-5)
-    seen = lens_prompt(handle, prompt, top_k=3)
+    seen = lens_prompt(handle, prompt, top_k=3, positions=positions)
     assert seen.layers == tuple(range(handle.num_layers))
     assert seen.ids.shape == (handle.num_layers, len(positions), 3)
     assert torch.equal(seen.ids[-1, :, 0], own.argmax(dim=-1))

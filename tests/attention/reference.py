@@ -12,6 +12,10 @@ inside such a run; then the knockout.
 Two model features are rebuilt here from their definitions: soft-capped scores (Gemma 2,
 `softcap`: tanh(s / cap) * cap before the mask) and the prefix-LM mask (PaliGemma: prompt
 positions whose `token_type_ids` is 0 see each other both ways; the rest is causal).
+
+Cross-attention layers (the config's `cross_attention_layers`; keys: the image's vision states,
+queries: every text position) take the model's own additive mask, no causal bias; a knockout
+whose sources include `image` sets the attention output of its target rows to 0 there.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ IMAGE_TOKENS = {
     "[IMG]",
     "[IMG_BREAK]",
     "[IMG_END]",
+    "<|image|>",
 } | {f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
 # tokens whose consecutive runs attend to each other bidirectionally (Gemma 3's image blocks)
 BLOCK_TOKENS = {"<image_soft_token>"}
@@ -72,10 +77,30 @@ def roles_of(tokens: list[str], prompt_len: int, total: int) -> list[str]:
     return out
 
 
+def _cross(module, query, key, value, attention_mask, scaling):
+    """Softmax over the vision states under the model's mask; knocked target rows read 0."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask.float()
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    out = torch.matmul(weights, value)  # (b, h, q, d)
+    layer = module.layer_idx
+    if layer in STATE.get("layers", ()):
+        cut = set().union(*(tgt for src, tgt in STATE["pairs"] if "image" in src))
+        for p in range(query.shape[2]):
+            if STATE["roles"][p] in cut:
+                out[:, :, p] = 0.0
+                weights[:, :, p] = 0.0
+    STATE.setdefault("weights", {})[layer] = weights
+    return out.transpose(1, 2).contiguous(), weights
+
+
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
+    if getattr(module, "layer_idx", None) in STATE.get("cross", ()):
+        return _cross(module, query, key, value, attention_mask, scaling)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if kwargs.get("softcap") is not None:
         scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
@@ -127,7 +152,9 @@ def greedy_without_cache(
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     STATE.clear()
     types = inputs.get("token_type_ids")
+    text = model.config.get_text_config()
     STATE.update(
+        cross=set(getattr(text, "cross_attention_layers", None) or ()),
         pairs=[(set(src), set(tgt))] + [(set(a), set(b)) for a, b in pairs],
         layers=set(layers),
         roles=roles_of(tokens, n, n + max_new_tokens),
@@ -141,12 +168,7 @@ def greedy_without_cache(
     out = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            grown = {
-                k: torch.cat([v, v.new_full((1, ids.shape[1] - v.shape[1]), int(k == FILL))], 1)
-                if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == n
-                else v
-                for k, v in extra.items()
-            }
+            grown = {k: _grow(k, v, n, ids.shape[1]) for k, v in extra.items()}
             logits = model(input_ids=ids, use_cache=False, **grown).logits
             # the last position's attention row per layer, heads averaged: (n + step,)
             rows = {layer: w[0, :, -1].float().mean(0) for layer, w in STATE["weights"].items()}
@@ -157,3 +179,17 @@ def greedy_without_cache(
             out.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     return out
+
+
+def _grow(name, value, n, length):
+    """A per-position input of the n prompt positions, extended to `length` positions: 2-D
+    ones with zeros, the cross-attention mask (b, n, images, tiles) with its last row (every
+    generated token reads the last image, as transformers' generation extends it)."""
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[1] != n:
+        return value
+    if name == "cross_attention_mask":
+        extra = value[:, -1:].expand(-1, length - n, *value.shape[2:])
+        return torch.cat([value, extra], dim=1)
+    if value.dim() == 2:  # generated positions: 0, or 1 for FILL
+        return torch.cat([value, value.new_full((1, length - n), int(name == FILL))], dim=1)
+    return value

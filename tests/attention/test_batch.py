@@ -14,12 +14,14 @@ K = vlmflow.Knockout
 
 def _sweep(prompt):
     patches = prompt.layout.patch_positions()
+    # a key set names patch positions: mllama's image has none in the prompt
+    key_sets = [[K.key_set({1: patches[: len(patches) // 2], 2: patches[::3]})]] if patches else []
     return [
         [],
         [K.parse("image->generated", "from:1")],
         [K.parse("image->generated", "from:3")],
         [K.parse("image->query", "all")],
-        [K.key_set({1: patches[: len(patches) // 2], 2: patches[::3]})],
+        *key_sets,
         [K.parse("image->query", "only:1-1"), K.parse("image->generated", "only:2-3")],
     ]
 
@@ -45,6 +47,7 @@ def _one_by_one(handle, prompt, variants, capture=None, **kwargs):
         "paligemma2",
         "llava_onevision",
         "mistral3",
+        "mllama",
     ],
 )
 @pytest.mark.parametrize("with_capture", [False, True])
@@ -52,16 +55,20 @@ def test_variants_equal_one_by_one(family, with_capture, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)
     variants = _sweep(prompt)
-    capture = vlmflow.Capture.of(image_layers="from:2") if with_capture else None
+    # image rows exist at self-attention layers only (mllama: layers 1 and 3 are cross)
+    own = "only:2-2" if handle.roles.cross_attention_layers() else "from:2"
+    capture = vlmflow.Capture.of(image_layers=own) if with_capture else None
     alone, captures = _one_by_one(handle, prompt, variants, capture)
     run = generate_variants(handle, prompt, variants, max_new_tokens=NEW, capture=capture)
     assert [ids.tolist() for ids in run.ids] == alone
     assert len({tuple(ids) for ids in alone}) > 2  # the knockouts really change generations
     # the image->query rows recompute only the query positions: prefix and image are shared;
-    # in a prefix-LM prompt (PaliGemma) the image reads the query too: nothing is shared
+    # in a prefix-LM prompt (PaliGemma) the image reads the query too, and a cache that continues
+    # only with cross-attention mask rows (mllama) is not shared: nothing is shared there
     first_query = prompt.layout.codes[0].tolist().index(int(vlmflow.Role.QUERY))
     block = handle.roles.bidirectional_end(prompt.inputs)
-    assert run.shared == (0 if block > first_query else first_query)
+    shared = 0 if block > first_query or not handle.roles.text_continues else first_query
+    assert run.shared == shared
     assert (block == prompt.layout.length) == (family in ("paligemma", "paligemma2"))
     if capture is None:
         assert run.capture is None

@@ -169,6 +169,7 @@ def test_row_knockout_follows_expanded_rows(family, mode, tiny_path):
         ("llava", "image-query+generated", "all"),
         ("qwen2_vl", "image-generated", "from:1"),
         ("idefics3", "image-query", "only:0-1"),
+        ("mllama", "image-query+generated", "from:1"),
     ],
 )
 def test_streaming_thread_knockout_equals_reference(family, setting, spec, tiny_path, photo):

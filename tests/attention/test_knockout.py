@@ -32,6 +32,10 @@ CASES = [
     ("paligemma2", "image-query+generated", "except:1-2"),
     ("llava_onevision", "image-query+generated", "from:1"),
     ("mistral3", "image-query+generated", "only:1-2"),
+    # mllama: layers 1 and 3 are cross-attention layers, the others self-attention
+    ("mllama", "image-generated", "from:1"),
+    ("mllama", "image-query", "all"),
+    ("mllama", "image-query+generated", "except:2-2"),
 ]
 ROLES = {
     "image-generated": ("image", "generated"),

@@ -98,8 +98,12 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
             assert bool((image[:, layer] == 0).all()), layer
         else:
             assert bool((image[:, layer] > 0).all()), layer
+    # a row knocked out at a cross-attention layer reads nothing there: its fractions are 0
+    expected = torch.ones(s.capture.fractions.shape[:-1])  # (steps, layers, b)
+    for layer in sorted(selected & handle.roles.cross_attention_layers()):
+        expected[rows, layer] = 0.0
     sums = s.capture.fractions.sum(-1)
-    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+    assert torch.allclose(sums, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,7 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
         "paligemma2",
         "llava_onevision",
         "mistral3",
+        "mllama",
     ],
 )
 def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
@@ -130,7 +135,12 @@ def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     assert all(torch.equal(base[i], cut[i]) for i in range(3))
     assert not torch.equal(base[3], cut[3])
     # and the function itself is SDPA, untouched, at a layer the session does not select
-    layer = handle.model.model.language_model.layers[1].self_attn
+    # (mllama's layer 1 is a cross-attention layer)
+    layer = next(
+        m
+        for m in handle.model.modules()
+        if getattr(m, "layer_idx", None) == 1 and hasattr(m, "q_proj")
+    )
     q = torch.randn(1, 4, 5, 16)
     k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
     with vlmflow.session(
@@ -250,7 +260,7 @@ def test_capture_does_not_change_generation(family, tiny_path, photo):
     assert bool((result.role_fraction("generated")[1:] > 0).all())
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "paligemma2"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "paligemma2", "mllama"])
 def test_batch_with_padding_matches_single_prompts(family, tiny_path, photo, photo2):
     handle = vlmflow.load(str(tiny_path(family)))
     items = [([photo], "Describe the image."), ([photo2], "What is in this picture ?")]

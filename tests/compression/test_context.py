@@ -8,7 +8,7 @@ import torch
 import vlmflow
 from vlmflow.compression import compress, load_context
 from vlmflow.compression.context import continuation_ids
-from vlmflow.models.tiny import GENERIC_FAMILIES, TINY_FAMILIES
+from vlmflow.models.tiny import CROSS_ATTENTION_FAMILIES, GENERIC_FAMILIES, TINY_FAMILIES
 from vlmflow.roles import Role
 
 QUESTIONS = ("Is there a dog in the image?", "How many objects are there?")
@@ -34,7 +34,11 @@ def _full_prompt_answer(handle, image, context, question, new):
     return out[0, ids.shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES + GENERIC_FAMILIES)
+# cross-attention families keep no image keys at prompt positions to compress: refused
+# (test_cross_attention_families_are_refused)
+@pytest.mark.parametrize(
+    "family", [f for f in TINY_FAMILIES + GENERIC_FAMILIES if f not in CROSS_ATTENTION_FAMILIES]
+)
 def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     context = compress(handle, photo, k=1.0, max_new_tokens=8)
@@ -44,6 +48,16 @@ def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
         expected = _full_prompt_answer(handle, photo, context, question, 8)
         assert list(answer.ids) == expected[: len(answer.ids)]
         assert len(answer.ids) == 8 or answer.ids[-1] in (3,)  # ran to the end or stopped at EOS
+
+
+@pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
+def test_cross_attention_families_are_refused(family, tiny_path, photo):
+    handle = vlmflow.load(str(tiny_path(family)))
+    with pytest.raises(vlmflow.VlmflowError) as err:
+        compress(handle, photo, k=1.0, max_new_tokens=2)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "compress" in message and "cross-attention layers 1, 3" in message
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl", "smolvlm", "paligemma2"])

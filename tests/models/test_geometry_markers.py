@@ -230,6 +230,8 @@ def _none(handle: Any) -> None:
 
 
 CROP = {"height": 56, "width": 56}
+# Every tiny family with a map layout; mllama has none (its image has no prompt positions on
+# the picture: maps refuse it, tests/attention/test_cross_attention.py).
 OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
     "llava": {
         "center crop": _none,

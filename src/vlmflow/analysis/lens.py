@@ -146,6 +146,11 @@ def lens_prompt(
         raise VlmflowError("the lens reads one prompt: prepare a single image and text")
     chosen = sorted(Layers.parse(layers).resolve(handle.num_layers))
     where = list(positions) if positions is not None else prompt.layout.patch_positions(0)
+    if not where and prompt.layout.image_positions(0):
+        raise VlmflowError(
+            "this model's image has no patch tokens in the prompt (it reads the image through"
+            " cross-attention): give the positions to read"
+        )
     if not where:
         raise VlmflowError("the prompt has no image tokens to read: prepare it with an image")
     hidden = hidden_states(handle, prompt, chosen, where, knockout)  # (L, p, d)

@@ -32,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from vlmflow.attention import guard
 from vlmflow.attention.knockout import Split, blocked
 from vlmflow.errors import VlmflowError
+from vlmflow.roles import Role
 
 if TYPE_CHECKING:
     from vlmflow.attention.session import Session
@@ -203,6 +204,11 @@ def attention(
     repeating key-value heads, go to the session's recorder (reduced there to role fractions
     and image rows, paper Sec. 4.3-4.5).
 
+    At a cross-attention layer (`TokenRoles.cross_attention_layers`: queries are text
+    positions, keys the image's vision states, every key of role image) a knockout of image
+    keys sets the output rows of its target queries to 0 and leaves the others as the model
+    computes them (`_cross_attention`).
+
     Args:
         module: the layer's attention module (its `layer_idx` picks the knockout layers).
         query: (b, h, q, d); key, value: (b, h_kv, kv, d), h a multiple of h_kv.
@@ -234,6 +240,21 @@ def attention(
     session.check_layer(module, kwargs)
     expand = session.expansion(query.shape[0])  # rows per prompt row (beams, sequences)
     session.check_capture_rows(query.shape[0])
+    if layer in session.cross:
+        out = _cross_attention(
+            session,
+            module,
+            layer,
+            expand,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling,
+            dropout,
+            kwargs,
+        )
+        return out, None
     window = _window(module, kwargs)
     # keys hold the absolute positions [start, end): start > 0 only on a sliding-window layer
     # whose cache dropped positions
@@ -324,6 +345,48 @@ def _check_rows(
         )
 
 
+def _cross_attention(
+    session: Session,
+    module: torch.nn.Module,
+    layer: int,
+    expand: int,  # batch rows per prompt row (beams, sequences)
+    query: torch.Tensor,  # (b, h, q, d) text positions
+    key: torch.Tensor,  # (b, h_kv, v, d) the image's vision states
+    value: torch.Tensor,  # (b, h_kv, v, d)
+    attention_mask: torch.Tensor | None,  # (b, 1, q, v) float additive, or None
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:  # (b, q, h, d)
+    """A cross-attention layer (keys: vision states, all of role image): the model's own
+    attention, then the rows of queries whose role a knockout cuts off from the image at this
+    layer set to 0 (they read nothing: no softmax over an empty key set is ever formed); the
+    other rows are the model's own, bit for bit."""
+    b, _, q_len, _ = query.shape
+    start, end = session.text_positions(q_len)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    images = torch.full(
+        (b, key.shape[2]), int(Role.IMAGE), dtype=torch.int8, device=query.device
+    )  # (b, v) the role of every key
+    present = session.query_role_codes(start, end)
+    query_roles = session.key_roles(end, query.device, expand)[:, start:end]  # (b, q)
+    cut = blocked(session.knockouts, layer, query_roles, images, present, expand)  # (b, q, v)
+    rows = cut.any(dim=-1) if cut is not None else None  # (b, q) rows that read nothing
+    if rows is not None:
+        out = out.masked_fill(rows[:, :, None, None], 0.0)
+    recorder = session.recorder
+    step = end - session.prompt_length
+    if recorder is not None and step >= 0 and recorder.wants(layer, step):
+        bias = attention_mask[:, :, -1:, :] if attention_mask is not None else None
+        weights = _last_row_weights(query, key, bias, scaling)  # (b, h, v)
+        if rows is not None:
+            weights = weights * (~rows[:, -1]).to(weights.dtype)[:, None, None]
+        recorder.record(layer, step, weights, images)
+    return out
+
+
 def _split_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (b, h, q, d)
@@ -372,12 +435,13 @@ def _split_attention(
 def _last_row_weights(
     query: torch.Tensor,  # (b, h, q, d)
     key: torch.Tensor,  # (b, h_kv, kv, d)
-    row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool for the last query, None: all keys
+    row_mask: torch.Tensor | None,  # (b or 1, 1, 1, kv) bool or float additive, None: all keys
     scaling: float | None,
     softcap: float | None = None,
 ) -> torch.Tensor:  # (b, h, kv) float32
     """Softmax attention of the last query row, computed per key-value head group (no repeat);
-    scores soft-capped (tanh(s / cap) * cap) when the layer passes `softcap`."""
+    scores soft-capped (tanh(s / cap) * cap) when the layer passes `softcap`. A bool `row_mask`
+    keeps the keys that are True; a float one is added to the scores."""
     b, h, _, d = query.shape
     h_kv, kv = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else d**-0.5
@@ -386,8 +450,10 @@ def _last_row_weights(
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.reshape(b, h, kv)
-    if row_mask is not None:
+    if row_mask is not None and row_mask.dtype == torch.bool:
         scores = scores.masked_fill(~row_mask[:, :, -1, :], float("-inf"))  # (b, 1, kv)
+    elif row_mask is not None:
+        scores = scores + row_mask[:, :, -1, :].float()  # (b, 1, kv)
     return scores.softmax(dim=-1)
 
 

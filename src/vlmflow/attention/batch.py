@@ -74,7 +74,9 @@ def generate_variants(
         variants: per variant a list of `Knockout`s (without `rows`); [] is the baseline.
         max_new_tokens: length limit of every generation.
         capture: record attention for every row (batch index = variant index).
-        share_prefill: compute the prompt positions no variant changes once.
+        share_prefill: compute the prompt positions no variant changes once (families whose
+            cache cannot be continued with text ids alone, `TokenRoles.text_continues`, always
+            compute the whole prompt per row).
 
     Returns:
         A `VariantRun`: `ids` per variant (new,) up to and including the first EOS, the
@@ -104,7 +106,7 @@ def generate_variants(
     outer = backend.ACTIVE.set(())  # prefills below are plain, whatever encloses this call
     try:
         with torch.inference_mode():
-            if not share_prefill or n < 2:
+            if not share_prefill or n < 2 or not handle.roles.text_continues:
                 with session(handle, rows, knockouts, capture) as s:
                     out = model.generate(**rows.inputs, **settings)  # (count, n + new)
                 return VariantRun(_cut(handle, out[:, n:], kwargs), _result(s, capture), 0)

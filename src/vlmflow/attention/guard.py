@@ -135,8 +135,9 @@ def probing() -> Iterator[dict[int, str]]:
 
 def coverage(handle: Handle, prompt: Prompt) -> Coverage:
     """The probe's result for `handle`'s model, run once per model: a forward pass over the last
-    two token ids of `prompt`'s first row (text positions in every supported family), outside
-    any session. Raises VlmflowError when the probe itself cannot run."""
+    two token ids of `prompt`'s first row (text positions in every supported family), with the
+    family's `probe_inputs` (the image of a family that reads it through cross-attention
+    layers only), outside any session. Raises VlmflowError when the probe itself cannot run."""
     model = handle.model
     known = _COVERAGE.get(model)
     if known is not None:
@@ -144,10 +145,11 @@ def coverage(handle: Handle, prompt: Prompt) -> Coverage:
     from vlmflow.attention import backend
 
     ids = prompt.input_ids[:1, -2:].to(handle.device)  # (1, 2)
+    extra = handle.roles.probe_inputs(prompt.inputs, int(prompt.input_ids.shape[1]))
     token = backend.ACTIVE.set(())  # plain attention: no session applies to the probe
     try:
         with probing() as calls, torch.inference_mode():
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids, use_cache=False, **extra)
     except Exception as err:
         raise VlmflowError(
             f"cannot check which layers of {handle.name} use vlmflow's attention function (a "

@@ -23,7 +23,9 @@ SETTINGS = {
 class Knockout:
     """At every layer in `layers`, queries with a role in `tgt` get no attention to keys with a
     role in `src` (added -inf on top of the causal mask): the paper's attention knockout,
-    Sec. 4.1, Eq. 3-4. Layers are 0-indexed decoder layers of the language model.
+    Sec. 4.1, Eq. 3-4. Layers are 0-indexed decoder layers of the language model. At a
+    cross-attention layer (Llama 3.2 Vision), whose keys are all image, a knockout with `image`
+    in `src` gives its target queries no cross-attention: their attention output there is 0.
 
     Build one with `Knockout.parse("image->query+generated", "from:12")` (the CLI's strings;
     VlmflowError for a bad setting or layer spec) or `Knockout.key_set({layer: positions})`.

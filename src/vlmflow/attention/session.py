@@ -24,6 +24,7 @@ import torch
 from vlmflow.attention import backend, guard
 from vlmflow.attention.capture import Capture, CaptureResult, Recorder
 from vlmflow.attention.knockout import Group, Knockout, ResolvedKnockout, Split, row_groups
+from vlmflow.attention.layers import spans
 from vlmflow.errors import VlmflowError
 from vlmflow.models.layout import PromptLayout
 from vlmflow.roles import Role
@@ -69,13 +70,38 @@ class Session:
                 raise VlmflowError(
                     f"knockout {spec} names rows the prompt does not have: it has {batch} row(s)"
                 )
+        # decoder layers whose keys are the image's vision states (queries: text positions)
+        self.cross = handle.roles.cross_attention_layers()
         for ko, spec in zip(self.knockouts, knockouts, strict=True):
+            on_cross = sorted(set(ko.keys) & self.cross)
+            if on_cross:
+                raise VlmflowError(
+                    f"knockout {spec} blocks prompt positions at cross-attention layers"
+                    f" {spans(on_cross)}, whose keys are the image's tiles: choose a role"
+                    " knockout there (e.g. image->generated) or self-attention layers"
+                )
             guard.check(handle, prompt, ko.layers, f"knockout {spec}")
         self._touched = frozenset().union(*(k.layers for k in self.knockouts))
         self.recorder: Recorder | None = None
         if capture is not None:
             self.recorder = Recorder.of(capture, self.num_layers, _image_index(layout))
-            captured = self.recorder.fraction_layers | self.recorder.image_layers
+            recorder = self.recorder
+            on_cross = sorted(recorder.image_layers & self.cross)
+            if on_cross:
+                raise VlmflowError(
+                    f"image rows at cross-attention layers {spans(on_cross)} would cover the"
+                    " image's tiles, not prompt positions: maps, localization, top-k and"
+                    " compress are unavailable for this model; capture tile_layers there"
+                    " (image_layers at self-attention layers only)"
+                )
+            if recorder.tile_layers and not recorder.tile_layers & self.cross:
+                raise VlmflowError(
+                    f"tile rows exist at cross-attention layers only, and tile_layers"
+                    f" {capture.tile_layers} holds none (this model's: {spans(self.cross)}):"
+                    " capture image_layers instead"
+                )
+            recorder.tile_layers &= self.cross  # the cross-attention layers of the set
+            captured = recorder.fraction_layers | recorder.image_layers | recorder.tile_layers
             guard.check(handle, prompt, captured, "capture")
             self._touched |= captured
         self._codes = layout.codes.to(handle.device)
@@ -162,6 +188,18 @@ class Session:
     @property
     def prompt_length(self) -> int:
         return self.layout.length
+
+    def text_positions(self, q_len: int) -> tuple[int, int]:
+        """Text positions [start, end) of a cross-attention call over `q_len` queries: those of
+        the forward pass under way (`begin_pass`). Raises VlmflowError when the pass is unknown
+        (the model ran without `input_ids`) or holds another number of positions."""
+        end: int | None = getattr(self._pass, "end", None)
+        if end is None or getattr(self._pass, "q", 0) != q_len:
+            self.refuse(
+                "a cross-attention layer ran on text positions this session cannot place (a"
+                " forward pass without input_ids): run the model on the prompt's input_ids"
+            )
+        return end - q_len, end
 
     def touches(self, layer: int) -> bool:
         """Whether a knockout or the capture of this session acts at decoder `layer`."""

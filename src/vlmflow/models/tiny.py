@@ -47,12 +47,17 @@ TINY_FAMILIES = (
     "paligemma2",
     "llava_onevision",
     "mistral3",
+    "mllama",
 )
 # Model types with no family module that load through the generic resolver (roles only).
 GENERIC_FAMILIES = ("aya_vision",)
 # Model types whose decoder layers vlmflow refuses (the guard): chunked attention (Llama 4),
 # linear attention that never calls the attention function (Qwen3.5).
 REFUSED_FAMILIES = ("llama4", "qwen3_5")
+# The families among them whose image enters the text only through cross-attention layers: the
+# prompt holds no image tokens with a place on the picture, so maps, localization, top-k and
+# compress (which read attention rows over prompt image positions) refuse them.
+CROSS_ATTENTION_FAMILIES = ("mllama",)
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
 # it spells the image placeholder and the turn markers.
@@ -614,6 +619,54 @@ def _llama4(out: Path) -> tuple[Any, Any]:
     return config, processor
 
 
+def _mllama(out: Path) -> tuple[Any, Any]:
+    """Llama 3.2 Vision: 5 decoder layers, cross-attention at 1 and 3; up to 2 tiles of 28 px
+    (4 patches + CLS each)."""
+    from transformers import MllamaConfig, MllamaImageProcessorPil, MllamaProcessor
+
+    tok = _tokenizer(["<|image|>"])
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+            "max_num_tiles": 2,
+            "supported_aspect_ratios": [[1, 1], [1, 2], [2, 1]],
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": 64,
+        },
+        text_config=_text_config(
+            "mllama_text_model",
+            len(tok),
+            num_hidden_layers=5,
+            cross_attention_layers=[1, 3],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    image_processor = MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2)
+    processor = MllamaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=_chat_template("<|image|>"),
+    )
+    return config, processor
+
+
+def _open_gates(model: Any) -> None:
+    """Llama 3.2 Vision's tanh gates start at zero, which would cut the image off: random."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            with torch.no_grad():
+                param.uniform_(0.5, 1.5)
+
+
 def _random_projection(model: Any) -> None:
     """Gemma 3 initialises its image projection to zeros (the image would be irrelevant)."""
     import torch
@@ -641,9 +694,10 @@ _BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "aya_vision": _aya_vision,
     "qwen3_5": _qwen3_5,
     "llama4": _llama4,
+    "mllama": _mllama,
 }
 # after the random initialisation: weights a family's own init leaves at zero
-_FINISH: dict[str, Callable[[Any], None]] = {"gemma3": _random_projection}
+_FINISH: dict[str, Callable[[Any], None]] = {"gemma3": _random_projection, "mllama": _open_gates}
 
 
 # Processor init arguments that the image-only save must keep.

@@ -1,8 +1,8 @@
 """Per-family `TokenRoles` resolvers: which prompt positions are image tokens, and their grid.
 
 Everything else in vlmflow is family-agnostic; a family is one module here (`llava`, `qwen_vl`,
-`internvl`, `idefics`, `llava_onevision`, `mistral3`, `gemma3`, `paligemma`, ...) holding a
-`TokenRoles` subclass registered with `register`, on the shared interface and registry
+`internvl`, `idefics`, `llava_onevision`, `mistral3`, `gemma3`, `paligemma`, `mllama`, ...)
+holding a `TokenRoles` subclass registered with `register`, on the shared interface and registry
 (`registry`) and image-grid geometry (`geometry`). A model type no family claims loads through
 the generic resolver (`generic`: roles only) when its image token is found.
 """
@@ -11,6 +11,7 @@ the generic resolver (`generic`: roles only) when its image token is found.
 # The import order is the registration order, which `vlmflow supports ...` lists.
 from vlmflow.models.families import llava, qwen_vl, qwen3_vl, internvl, idefics  # noqa: F401
 from vlmflow.models.families import llava_onevision, mistral3, gemma3, paligemma  # noqa: F401
+from vlmflow.models.families import mllama  # noqa: F401
 
 # isort: on
 from vlmflow.models.families.generic import GenericResolverWarning, GenericRoles, generic_for

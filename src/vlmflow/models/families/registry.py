@@ -126,6 +126,23 @@ class TokenRoles:
         so that it tokenizes to `render([(images, text)], True)`. Default: that rendering."""
         return self.render([(images, text)], add_generation_prompt=True)
 
+    def cross_attention_layers(self) -> frozenset[int]:
+        """Decoder layers whose keys are the image's vision states, not prompt positions
+        (queries: text positions). Default: none, the image is read at its prompt positions."""
+        return frozenset()
+
+    def probe_inputs(self, inputs: Mapping[str, Any], stop: int) -> dict[str, Any]:
+        """Extra inputs for the layer probe (`vlmflow.attention.guard`), a forward over the
+        prompt's first row's positions [stop - 2, stop) from the processor's `inputs`, so that
+        every decoder layer runs. Default: none (every layer runs on text alone)."""
+        return {}
+
+    @property
+    def text_continues(self) -> bool:
+        """Whether a cache of prompt positions can be continued with text ids alone (shared
+        prefills of `vlmflow.attention.batch`). Default True."""
+        return True
+
     # -- shared -----------------------------------------------------------------------------
     def layout(
         self,
