@@ -78,11 +78,14 @@ def record(module: torch.nn.Module, kwargs: dict[str, Any], queries: int, keys: 
     reason = unsupported(module, kwargs)
     if not reason and keys != queries:
         reason = (
-            f"keys that are not the sequence's positions ({keys} keys for {queries} queries: "
-            "cross-attention or memory tokens)"
+            f"{NOT_POSITIONS} ({keys} keys for {queries} queries: cross-attention or memory "
+            "tokens)"
         )
     calls[int(layer)] = reason
 
+
+# why the probe refuses a layer whose keys outnumber its queries
+NOT_POSITIONS = "keys that are not the sequence's positions"
 
 # decoder layer types (`config.layer_types`) whose attention the function computes exactly,
 # save for the per-call checks below
@@ -159,7 +162,14 @@ def coverage(handle: Handle, prompt: Prompt) -> Coverage:
     finally:
         backend.ACTIVE.reset(token)
     kinds = getattr(model.config.get_text_config(), "layer_types", None) or ()
-    found = Coverage(dict(calls), handle.num_layers, tuple(str(k) for k in kinds))
+    # the family's own cross-attention layers (keys: the image's states), which the attention
+    # function handles as such (`backend._cross_attention`)
+    cross = handle.roles.cross_attention_layers()
+    reasons = {
+        layer: "" if layer in cross and reason.startswith(NOT_POSITIONS) else reason
+        for layer, reason in calls.items()
+    }
+    found = Coverage(reasons, handle.num_layers, tuple(str(k) for k in kinds))
     _COVERAGE[model] = found
     return found
 
