@@ -9,11 +9,12 @@ from transformers import AutoModelForImageTextToText
 
 import vlmflow
 from vlmflow.attention import backend
-from vlmflow.models.tiny import GENERIC_FAMILIES, TINY_FAMILIES
+from vlmflow.models.tiny import CROSS_ATTENTION_FAMILIES, GENERIC_FAMILIES, TINY_FAMILIES
 
 NEW = 8
 # registered families, and model types that load through the generic resolver
 FAMILIES = TINY_FAMILIES + GENERIC_FAMILIES
+MOE_FAMILIES = ("qwen3_vl_moe",)
 
 
 def _plain(path, impl):
@@ -50,10 +51,13 @@ def test_image_cut_off_from_text_makes_the_image_irrelevant(family, tiny_path, p
     from PIL import Image
 
     handle = vlmflow.load(str(tiny_path(family)))
-    mirrored = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # same size: same token count
-    first, second = handle.prepare(photo), handle.prepare(mirrored)
+    inverted = Image.fromarray(255 - np.asarray(photo))  # same size: same token count
+    first, second = handle.prepare(photo), handle.prepare(inverted)
     assert first.input_ids.tolist() == second.input_ids.tolist()
-    ko = vlmflow.Knockout.parse("image-query+generated", "all")
+    # mllama's rows before <|image|> read the tiles too (transformers unmasks all-masked
+    # cross-attention rows): its text is blind only when the prefix is cut off as well
+    cut = "prefix+query+generated" if family in CROSS_ATTENTION_FAMILIES else "query+generated"
+    ko = vlmflow.Knockout.parse(f"image->{cut}", "all")
     text = first.layout.codes[0] != int(vlmflow.Role.IMAGE)  # (n,) prefix and query positions
 
     def logits(prompt, knockout):
@@ -61,7 +65,13 @@ def test_image_cut_off_from_text_makes_the_image_irrelevant(family, tiny_path, p
             return handle.model(**prompt.inputs).logits[0, text]
 
     assert not torch.equal(logits(first, []), logits(second, []))  # the images do differ
-    assert torch.equal(logits(first, ko), logits(second, ko))
+    if family in MOE_FAMILIES:
+        # a mixture of experts multiplies each expert's rows together, and which image tokens
+        # share an expert with a text token depends on the image: the same sums, rounded in
+        # another grouping (last bits only)
+        assert torch.allclose(logits(first, ko), logits(second, ko), rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(logits(first, ko), logits(second, ko))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

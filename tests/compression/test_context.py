@@ -26,9 +26,12 @@ def _full_prompt_answer(handle, image, context, question, new):
     if "mm_token_type_ids" in inputs:
         types = inputs["mm_token_type_ids"][:, :n]
         inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(qids)], 1)
-    if "token_type_ids" in inputs:  # PaliGemma: the question follows the cached prompt block,
-        types = inputs["token_type_ids"][:, :n]  # so it is the causal suffix (type 1)
-        inputs["token_type_ids"] = torch.cat([types, torch.ones_like(qids)], 1)
+    if "token_type_ids" in inputs:
+        # text is type 0 (Gemma 3: 1 marks image tokens), except after PaliGemma's prefix-LM
+        # block, where the question is the causal suffix (type 1)
+        suffix = int(handle.roles.bidirectional_end(batch.inputs) > 0)
+        types = inputs["token_type_ids"][:, :n]
+        inputs["token_type_ids"] = torch.cat([types, torch.full_like(qids, suffix)], 1)
     with torch.inference_mode():
         out = handle.model.generate(**inputs, do_sample=False, max_new_tokens=new)
     return out[0, ids.shape[1] :].tolist()

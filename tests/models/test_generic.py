@@ -32,7 +32,8 @@ def aya(tiny_path):
 
 def test_the_generic_types_have_no_family_module():
     assert set(GENERIC_FAMILIES + REFUSED_FAMILIES).isdisjoint(SUPPORTED_MODEL_TYPES)
-    assert set(TINY_FAMILIES) <= set(SUPPORTED_MODEL_TYPES)
+    # tiny builders are named for what they build; their configs' model types are registered
+    assert set(TINY_FAMILIES) - {"paligemma2"} <= set(SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("family", GENERIC_FAMILIES + REFUSED_FAMILIES)
