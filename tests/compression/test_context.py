@@ -51,6 +51,28 @@ def test_full_context_answers_like_the_full_prompt(family, tiny_path, photo):
 
 
 @pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
+def test_full_context_of_a_padded_tiling_answers_like_the_full_prompt(family, tiny_path):
+    """A square picture fills one tile of two: the padding tile's states, masked for every
+    token of the full prompt, are no state of the image and are never kept."""
+    from PIL import Image
+
+    handle = vlmflow.load(str(tiny_path(family)))
+    image = Image.radial_gradient("L").convert("RGB").resize((40, 40))
+    inputs = handle.prepare(image).inputs
+    assert int(inputs["aspect_ratio_mask"][0, 0].sum()) < inputs["pixel_values"].shape[2]
+    context = compress(handle, image, k=1.0, max_new_tokens=8)
+    cross = handle.roles.cross_attention_layers()
+    per_tile = len(context.state_keys or []) // int(inputs["aspect_ratio_mask"][0, 0].sum())
+    assert per_tile * int(inputs["pixel_values"].shape[2]) > len(context.state_keys or [])
+    assert all(context.kept[layer] == list(range(per_tile)) for layer in cross)  # tile 0
+    for question in QUESTIONS:
+        answer = context.ask(question, max_new_tokens=8)
+        expected = _full_prompt_answer(handle, image, context, question, 8)
+        assert list(answer.ids) == expected[: len(answer.ids)]
+        assert len(answer.ids) == 8 or answer.ids[-1] in (3,)
+
+
+@pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
 def test_pruned_context_keeps_the_top_vision_states(family, tiny_path, photo):
     """Cross-attention models: each cross-attention layer keeps the top k of the image's vision
     states by the description's cross-attention rows (captured independently here), every
