@@ -136,7 +136,7 @@ def test_pruned_context_keeps_the_top_image_tokens(family, tiny_path, photo, tmp
     assert small.ask(QUESTIONS[0], max_new_tokens=4).context_tokens == small.context_tokens
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "idefics3", "mllama"])
 def test_saved_context_answers_identically(family, tiny_path, photo, tmp_path):
     handle = vlmflow.load(str(tiny_path(family)))
     context = compress(handle, photo, k=0.25, max_new_tokens=8, rank="max")

@@ -35,8 +35,9 @@ canvas window [j T, (j + 1) T] x [i T, (i + 1) T], which reaches past the resize
 it was padded (a box past [0, 1], as for LLaVA-1.5's padding), and its patch states are the
 cells of that box. CLS states have no cell; padding tiles show nothing of the image and are no
 key of it (`ImageSpan.state_keys` lists the image's real keys, CLS states included). The
-`<|image|>` prompt position has no place on the picture: `tiles` is empty and maps and
-localization read the cross-attention rows over the states (`CaptureResult.tile_rows`).
+`<|image|>` prompt position has no place on the picture: `tiles` is empty, maps read the
+cross-attention rows over the states (`CaptureResult.tile_rows`), and localization and top-k,
+which score image rows at prompt positions, are refused.
 
 Compress (paper Sec. 5): the image's keys are the vision states in the cross-attention layers'
 cache; a compressed context keeps every self-attention position of the prompt and, per
@@ -87,6 +88,12 @@ class MllamaRoles(TokenRoles):
             )
         max_tiles = int(pixels.shape[2])
         tile_h, tile_w = int(pixels.shape[-2]), int(pixels.shape[-1])
+        side = int(self.config.vision_config.image_size)
+        if (tile_h, tile_w) != (side, side):
+            raise VlmflowError(
+                f"the processor cuts tiles of {tile_w} x {tile_h} px and the vision tower reads"
+                f" {side} x {side} px: set the image processor's size to the model's image_size"
+            )
         most = int(self.processor.image_processor.max_image_tiles)
         ratios = get_all_supported_aspect_ratios(most)  # as the processor numbers its tilings
         per_image = max_tiles * self._states_per_tile()
@@ -94,7 +101,8 @@ class MllamaRoles(TokenRoles):
         for r, row in enumerate(per_row):
             found = []
             for k, image in enumerate(row):
-                rows, cols = ratios[int(ids[r, k]) - 1]  # (tiles down, tiles across)
+                # the processor numbers (tiles down, tiles across) in this list, 1-based
+                rows, cols = ratios[int(ids[r, k]) - 1]
                 found.append(
                     ImageInput(image.size, None, (tile_h, tile_w), (rows, cols), k * per_image)
                 )
