@@ -8,7 +8,7 @@ import pytest
 
 import vlmflow
 from attention.reference import IMAGE_TOKENS  # tokens that only exist because of an image
-from vlmflow.models.tiny import TINY_FAMILIES
+from vlmflow.models.tiny import CROSS_ATTENTION_FAMILIES, TINY_FAMILIES
 from vlmflow.roles import Role
 
 
@@ -45,7 +45,7 @@ def test_roles_follow_the_tokens(family, tiny_path, photo):
     assert set(patches) | (set(span.separators) & feature_positions) == feature_positions
     for tile in span.tiles:
         assert len(tile.positions) == tile.rows * tile.cols
-        if tile.empty:  # no grid (mllama: its image has no patch tokens in the prompt)
+        if tile.empty:  # a grid with no tokens
             assert tile.unplaced
             continue
         x0, y0, x1, y1 = tile.box
@@ -69,6 +69,22 @@ EXPECTED_TILES = {
     "llava_onevision": [("base", 4, 4), ("grid", 6, 8)],
     "mistral3": [("image", 3, 4)],  # 130x90 -> 112x77 -> 112x84: 28 px merged patches
 }
+
+
+@pytest.mark.parametrize("family", CROSS_ATTENTION_FAMILIES)
+def test_vision_states_lie_over_the_tiles(family, tiny_path, photo):
+    """Llama 3.2 Vision: the 130x90 photo fits a canvas of 1 x 2 tiles of 28 px (scale
+    28 / 90, no upscaling), resized to 40 x 28 px and padded to 56 x 28: tile 0 covers x in
+    [0, 28/40], tile 1 [28/40, 56/40] (past the picture: padding); per tile a CLS state, then
+    2 x 2 patch states. The prompt's one <|image|> position carries no grid."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    span = handle.prepare(photo).layout.images[0][0]
+    assert span.tiles == () and span.patch_positions == ()
+    assert [(t.kind, t.rows, t.cols) for t in span.grids] == [("tile", 2, 2)] * 2
+    assert span.grids[0].box == pytest.approx((0.0, 0.0, 0.7, 1.0))
+    assert span.grids[1].box == pytest.approx((0.7, 0.0, 1.4, 1.0))
+    assert [t.positions for t in span.grids] == [(1, 2, 3, 4), (6, 7, 8, 9)]
+    assert span.state_keys == tuple(range(10))
 
 
 @pytest.mark.parametrize("family", ["paligemma", "paligemma2"])

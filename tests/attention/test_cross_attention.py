@@ -1,6 +1,6 @@
 """Families that read the image only through cross-attention layers (mllama): knockout there
 zeroes the target rows' cross-attention, nothing else; capture reads the tiles; what needs
-image keys at prompt positions is refused in one line.
+image keys at prompt positions (image rows, localization) is refused in one line.
 
 These adapt the shared matrix where it assumes image keys in self-attention: "knocked-out keys
 get exactly zero" becomes "knocked rows read nothing at every selected cross-attention layer,
@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText
 import vlmflow
 from vlmflow.attention import guard
 from vlmflow.errors import VlmflowError
+from vlmflow.experiments.localization import TokenGrid
 from vlmflow.experiments.maps import render
 from vlmflow.models.tiny import CROSS_ATTENTION_FAMILIES
 from vlmflow.roles import Role
@@ -216,8 +217,12 @@ def test_what_needs_prompt_image_keys_is_refused(family, tiny_path, photo):
     ):
         pass
     assert "\n" not in str(err.value)
+    # maps lie over the vision states: rows over the <|image|> position cannot be drawn
     with pytest.raises(VlmflowError, match="maps cannot place") as err:
         render(np.zeros((1, 1)), [span.start], span, 8)
+    assert "\n" not in str(err.value) and "vision states" in str(err.value)
+    with pytest.raises(VlmflowError, match="cross-attention") as err:
+        TokenGrid.of(prompt.layout)
     assert "\n" not in str(err.value)
     # image rows at self-attention layers hold the <|image|> position's attention
     with vlmflow.session(handle, prompt, capture=vlmflow.Capture.of(image_layers="only:2")) as s:

@@ -143,15 +143,46 @@ def test_capture_experiments_through_the_runner(
     assert max(seen_views) == views
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl"])
+def test_maps_of_a_cross_attention_model_lie_over_its_tiles(
+    tiny_path: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Llama 3.2 Vision: maps of the cross-attention layers' rows over the vision states; the
+    generated tokens read only the image's tiles there, so map + CLS + padding share = 1."""
+    handle = vlmflow.load(str(tiny_path("mllama")))
+    cross = sorted(handle.roles.cross_attention_layers())
+    out = _run(tmp_path, handle)
+    for row in out.rows["maps"]:
+        p, maps = row.payload, out.maps[row.item]
+        assert p["layers"] == cross and p["views"] == ["detail"]
+        assert maps.shape == (len(cross), 1, SIZE, SIZE) and (maps >= 0).all()
+        assert {t["kind"] for t in p["tiles"]} == {"tile"}
+        total = (
+            maps.astype(np.float64).sum(axis=(1, 2, 3))
+            + np.array(p["separator_share"])  # the tiles' CLS states: read, not drawn
+            + np.array(p["outside_share"])  # patches on the padding of the tile canvas
+        )
+        np.testing.assert_allclose(total, 1.0, rtol=2e-3, atol=5e-5)
+        np.testing.assert_allclose(p["image_share"], 1.0, atol=1e-4)
+        assert all(0 < s < 1 for s in p["separator_share"])
+        tiles = len(p["tiles"])
+        assert row.metrics["image_tokens"] == tiles * (1 + p["tiles"][0]["rows"] ** 2)
+    for row in out.rows["histogram"]:
+        assert row.payload["layers"] == cross
+        assert all(sum(c) == row.metrics["image_tokens"] for c in row.payload["counts"])
+    with pytest.raises(VlmflowError, match="no cross-attention layer"):
+        create("maps", {"layers": "only:2"}).describe_image_rows(handle, WorkItem("x", {}))
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "internvl", "mllama"])
 def test_each_token_lands_in_its_tile(
     family: str, tiny_path: Callable[[str], Path], photo: Any
 ) -> None:
-    """A row that is 1 on one token peaks inside that token's cell of its tile's box."""
+    """A row that is 1 on one token peaks inside that token's cell of its tile's box (for
+    Llama 3.2 Vision: one vision state, rows over the image's states)."""
     handle = vlmflow.load(str(tiny_path(family)))
     span = handle.prepare(photo).layout.images[0][0]
-    positions = list(range(span.start, span.end))
-    for tile in span.tiles:
+    positions = list(span.state_keys) if span.states else list(range(span.start, span.end))
+    for tile in span.grids:
         for k in (0, len(tile.positions) - 1):
             row = np.zeros((1, len(positions)))
             row[0, positions.index(tile.positions[k])] = 1.0
@@ -167,14 +198,22 @@ def test_each_token_lands_in_its_tile(
                 x0 + (x1 - x0) * (c + 1) / tile.cols,
                 y0 + (y1 - y0) * (r + 1) / tile.rows,
             )
+            if cell[0] >= 1 or cell[1] >= 1:  # a cell on the padding past the picture
+                assert out.maps.sum() == 0 and out.outside[0] == pytest.approx(1.0)
+                continue
             # the peak pixel overlaps the token's cell
             assert x / SIZE < cell[2] and (x + 1) / SIZE > cell[0], (tile.kind, k)
             assert y / SIZE < cell[3] and (y + 1) / SIZE > cell[1], (tile.kind, k)
         views = out.views
-        assert views == (("global", "detail") if len(span.tiles) > 1 else ("global",))
-    if span.separators:  # a separator's attention is reported, not drawn
+        if span.states:  # tiles of one view, no whole-image view
+            assert views == ("detail",)
+        else:
+            assert views == (("global", "detail") if len(span.tiles) > 1 else ("global",))
+    # a separator's (a CLS state's) attention is reported, not drawn
+    separator = span.state_keys[0] if span.states else next(iter(span.separators), None)
+    if separator is not None:
         row = np.zeros((1, len(positions)))
-        row[0, positions.index(span.separators[0])] = 0.5
+        row[0, positions.index(separator)] = 0.5
         out = render(row, positions, span, SIZE)
         assert out.maps.sum() == 0 and out.separators[0] == pytest.approx(0.5)
 

@@ -156,6 +156,16 @@ def _found_paligemma(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[
     return [_cells(red, h // p, w // p)]
 
 
+def _found_mllama(inputs: Any, handle: Any, tiles: tuple[Tile, ...]) -> list[np.ndarray]:
+    """Llama 3.2 Vision: one tile of `pixel_values` (b, images, max_tiles, 3, T, T) per grid
+    over the vision states, in the layout's order; one patch per state."""
+    assert len(tiles) == int(inputs["aspect_ratio_mask"][0, 0].sum())  # the real tiles
+    pixels = inputs["pixel_values"][0, 0].numpy()[: len(tiles)]  # (tiles, 3, T, T)
+    red = _red(pixels, handle.processor.image_processor)
+    p = handle.model.config.vision_config.patch_size
+    return [_cells(red[k], red.shape[-2] // p, red.shape[-1] // p) for k in range(len(tiles))]
+
+
 FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "llava": _found_llava,
     "llava_next": _found_llava_next,
@@ -171,6 +181,7 @@ FOUND: dict[str, Callable[[Any, Any, tuple[Tile, ...]], list[np.ndarray]]] = {
     "paligemma2": _found_paligemma,
     "llava_onevision": _found_llava_onevision,
     "mistral3": _found_mistral3,
+    "mllama": _found_mllama,
 }
 
 
@@ -230,8 +241,7 @@ def _none(handle: Any) -> None:
 
 
 CROP = {"height": 56, "width": 56}
-# Every tiny family with a map layout; mllama has none (its image has no prompt positions on
-# the picture: maps refuse it, tests/attention/test_cross_attention.py).
+# Every tiny family with a map layout (mllama: over its vision states, `ImageSpan.states`).
 OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
     "llava": {
         "center crop": _none,
@@ -309,6 +319,10 @@ OPTIONS: dict[str, dict[str, Callable[[Any], None]]] = {
         "smaller": _set(size={"longest_edge": 56}),
         "no merge": _merge(1),
     },
+    "mllama": {
+        "tiles": _none,
+        "one tile": _set(max_image_tiles=1),
+    },
 }
 # (width, height): wide, tall, square, and thin banners and strips
 SIZES = [(200, 100), (100, 200), (90, 90), (300, 20), (20, 300), (30, 800)]
@@ -321,6 +335,8 @@ def _pixels_per_cell(tile: Tile, family: str, handle: Any) -> float:
     p = int(getattr(handle.processor, "patch_size", 14) or 14)
     if family in ("llava", "llava_next", "paligemma", "paligemma2"):
         return float(p)
+    if family == "mllama":
+        return float(handle.model.config.vision_config.patch_size)
     if family == "llava_onevision":
         return float(handle.model.config.vision_config.patch_size)
     if family == "mistral3":
@@ -373,9 +389,9 @@ def _check_span(
     """Every token that reads the marker at `target` (a box of the image) has a cell next to
     it; True when the marker is large enough that the token whose cell holds its center must
     read it (and does)."""
-    assert len(found) == len(span.tiles)
+    assert len(found) == len(span.grids)
     visible = False
-    for tile, cells in zip(span.tiles, found, strict=True):
+    for tile, cells in zip(span.grids, found, strict=True):
         assert cells.shape == (tile.rows, tile.cols), (target, tile.kind)
         assert not tile.unplaced
         if tile.empty:
@@ -410,7 +426,7 @@ def test_token_cells_hold_the_marker(family: str, option: str, tiny_path: Any) -
         for marker in _markers(size):
             prompt = handle.prepare(_picture(size, marker), "describe the image .")
             span = prompt.layout.images[0][0]
-            found = FOUND[family](prompt.inputs, handle, span.tiles)
+            found = FOUND[family](prompt.inputs, handle, span.grids)
             checked += _check_span(span, found, marker.box(size), family, handle, prompt.inputs)
     assert checked >= 3  # the check above was not vacuous
 

@@ -90,9 +90,9 @@ class Session:
             if on_cross:
                 raise VlmflowError(
                     f"image rows at cross-attention layers {spans(on_cross)} would cover the"
-                    " image's tiles, not prompt positions: maps, localization, top-k and"
-                    " compress are unavailable for this model; capture tile_layers there"
-                    " (image_layers at self-attention layers only)"
+                    " image's tiles, not prompt positions: capture tile_layers there (the rows"
+                    " maps and compress read on this model; image_layers at self-attention"
+                    " layers only)"
                 )
             if recorder.tile_layers and not recorder.tile_layers & self.cross:
                 raise VlmflowError(

@@ -19,6 +19,19 @@ query: its token was predicted at the last prompt position and never read back. 
 position's attention (in each layer, heads averaged) ranks the image tokens: it is the attention
 that produced the whole description, the one-token case of the paper's "attention from generated
 tokens" (Sec. 5). Equal scores keep the earlier image token (`top_indices`).
+
+Cross-attention models (Llama 3.2 Vision: `TokenRoles.cross_attention_layers`): the image's
+keys are its vision states, held in the cross-attention layers' cache, not prompt positions.
+There the image tokens ranked and kept are the image's vision states (`ImageSpan.state_keys`:
+CLS and patch states of its real tiles), scored by the same rule over the cross-attention rows
+(`CaptureResult.tile_rows`); `kept[layer]` of a cross-attention layer lists state indices. The
+self-attention layers keep every prompt position of the context (the `<|image|>` position
+included). A follow-up token's cross-attention mask row is the one every prompt token after the
+image has, all of the image's real tiles: over the kept states that is no mask at all, so the
+follow-up runs without one (padding tiles, masked for every token, are never kept), one token
+per forward call (without a mask, SDPA would take a call of several tokens as causal over the
+states). At k = 1 this is the full prompt's computation; a cross-attention layer that keeps no
+state is skipped, as transformers skips it for a prompt without an image.
 """
 
 from __future__ import annotations
@@ -64,6 +77,14 @@ class CompressedContext:
     scores: list[torch.Tensor] | None = None
     image_positions: list[int] | None = None
     rank: str = "sum"  # how `scores` aggregate the generated tokens' attention (RANKINGS)
+    # cross-attention models: the image's vision states (`ImageSpan.state_keys`), which the
+    # cross-attention layers' `kept` and `scores` are over
+    state_keys: list[int] | None = None
+
+    @property
+    def cross(self) -> frozenset[int]:
+        """The layers whose `kept` are vision states (`TokenRoles.cross_attention_layers`)."""
+        return self.handle.roles.cross_attention_layers()
 
     @property
     def context_tokens(self) -> int:
@@ -78,15 +99,23 @@ class CompressedContext:
             raise VlmflowError(f"k={k} must be between 0 and this context's k={self.k}")
         image = set(self.image_positions)
         n_keep = round(k * len(self.image_positions))
+        states = self.state_keys or []
         keys, values, kept = [], [], []
         for layer, score in enumerate(self.scores):
-            chosen = {self.image_positions[i] for i in top_indices(score, n_keep).tolist()}
-            positions = [
-                p
-                for p in self.kept[layer]
-                if p in chosen or (p not in image and (keep_query or p < self.first_image))
-            ]
-            index = torch.tensor([self.kept[layer].index(p) for p in positions])
+            if layer in self.cross:  # the top vision states
+                top = top_indices(score, round(k * len(states))).tolist()
+                chosen = {states[i] for i in top}
+                positions = [p for p in self.kept[layer] if p in chosen]
+            else:
+                chosen = {self.image_positions[i] for i in top_indices(score, n_keep).tolist()}
+                if self.cross:  # the image's one prompt position is kept whole there
+                    chosen = image
+                positions = [
+                    p
+                    for p in self.kept[layer]
+                    if p in chosen or (p not in image and (keep_query or p < self.first_image))
+                ]
+            index = torch.tensor([self.kept[layer].index(p) for p in positions], dtype=torch.long)
             keys.append(self.keys[layer][:, :, index.to(self.keys[layer].device)])
             values.append(self.values[layer][:, :, index.to(self.values[layer].device)])
             kept.append(positions)
@@ -134,16 +163,20 @@ class CompressedContext:
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 q = ids.shape[1]
-                steps = torch.arange(q, device=ids.device)
-                pos = position + steps[None, :]  # (axes, q)
-                position_ids = pos if pos.shape[0] == 1 else pos[:, None, :]  # (1, q) | (3, 1, q)
-                logits = model(
-                    input_ids=ids,
-                    position_ids=position_ids,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).logits
+                # a cross-attention layer called without a mask would take a call of several
+                # tokens as causal over the vision states (SDPA's default): one token per call
+                width = 1 if self.cross else q
+                for first in range(0, q, width):
+                    steps = torch.arange(first, min(first + width, q), device=ids.device)
+                    pos = position + steps[None, :]  # (axes, w)
+                    position_ids = pos if pos.shape[0] == 1 else pos[:, None, :]  # (1|3, [1,] w)
+                    logits = model(
+                        input_ids=ids[:, first : first + width],
+                        position_ids=position_ids,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    ).logits
                 token = int(logits[0, -1].argmax())
                 out.append(token)
                 if stop_at_eos and token in eos:
@@ -247,7 +280,8 @@ def compress(
 
     Returns:
         A `CompressedContext`: per layer keys and values (1, h_kv, c, d) of the c kept prompt
-        positions (`kept`), the position id the follow-up continues at, the description;
+        positions (`kept`; vision states at the cross-attention layers of a cross-attention
+        model, module docstring), the position id the follow-up continues at, the description;
         `.ask(question)` answers without the image, `.save(path)` writes it.
 
     Raises:
@@ -271,7 +305,11 @@ def compress(
     layout = batch.layout
     if len(layout.images[0]) != 1:
         raise VlmflowError("re-prompting compresses one image: give exactly one")
-    capture = vlmflow.Capture.of(fractions=False, image_layers="all", dtype="float32")
+    cross = handle.roles.cross_attention_layers()
+    if cross:  # the image's keys are vision states in the cross-attention layers' cache
+        capture = vlmflow.Capture.of(fractions=False, tile_layers="all", dtype="float32")
+    else:
+        capture = vlmflow.Capture.of(fractions=False, image_layers="all", dtype="float32")
     with vlmflow.session(handle, batch, capture=capture) as s, torch.inference_mode():
         out = handle.model.generate(
             **batch.inputs,
@@ -288,11 +326,20 @@ def compress(
     image_pos = result.image_positions[0]  # (n_image,)
     n_keep = round(k * int(image_pos.numel()))
     always = [p for p in range(context_len) if codes[p] != Role.IMAGE]
+    states = list(layout.images[0][0].state_keys)  # (v_image,) cross-attention models only
     keys, values, kept, scores = [], [], [], []
     for layer, (lk, lv, *_) in enumerate(out.past_key_values):
-        score = image_scores(result.image_rows[layer][:, 0], rank)  # (n_image,)
-        positions = sorted(always + image_pos[top_indices(score, n_keep)].tolist())
-        index = torch.tensor(positions, device=lk.device)
+        if layer in cross:  # the top vision states of the image (its real tiles)
+            rows = result.tile_rows[layer][:, 0, states]  # (steps, v_image)
+            score = image_scores(rows, rank)
+            positions = sorted(states[i] for i in top_indices(score, round(k * len(states))))
+        elif cross:  # self-attention layers: the prompt's positions kept whole
+            score = torch.ones(int(image_pos.numel()))
+            positions = list(range(context_len))
+        else:
+            score = image_scores(result.image_rows[layer][:, 0], rank)  # (n_image,)
+            positions = sorted(always + image_pos[top_indices(score, n_keep)].tolist())
+        index = torch.tensor(positions, dtype=torch.long, device=lk.device)
         keys.append(lk[:, :, index].clone())  # (1, h_kv, c, d)
         values.append(lv[:, :, index].clone())
         kept.append(positions)
@@ -310,6 +357,7 @@ def compress(
         scores=scores,
         image_positions=image_pos.tolist(),
         rank=rank,
+        state_keys=states if cross else None,
     )
 
 

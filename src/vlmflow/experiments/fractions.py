@@ -79,10 +79,23 @@ class Described:
 
     @property
     def image_tokens(self) -> int:
-        return self.layout.counts()["image"]
+        return len(self.positions)
+
+    @property
+    def positions(self) -> list[int]:
+        """(n_image,) what `generated_rows` columns are: the image's prompt positions, or for an
+        image read through cross-attention (`ImageSpan.states`) the indices of its vision
+        states among the cross-attention keys (CLS states included, padding tiles not)."""
+        if self.span.states:
+            return list(self.span.state_keys)
+        return [int(p) for p in self.capture.image_positions[0].tolist()]
 
     def generated_rows(self, layer: int) -> torch.Tensor:
-        """(queries, n_image) float64: attention over the image positions, per generated query."""
+        """(queries, n_image) float64: attention over the image (`positions`), per generated
+        query: image rows, or tile rows at a cross-attention layer."""
+        if self.span.states:
+            keys = list(self.span.state_keys)
+            return self.capture.tile_rows[layer][1:, 0, keys].double()
         return self.capture.image_rows[layer][1:, 0, :].double()
 
 
@@ -147,8 +160,20 @@ class DescribeExperiment:
         """Describe the item keeping the image rows (float32) of the measured layers."""
         from vlmflow.attention.capture import Capture
 
-        capture = Capture.of(fractions=False, image_layers=self.options.layers, dtype="float32")
-        return describe(handle, item, self.options, capture), measured_layers(self.options, handle)
+        layers = measured_layers(self.options, handle)
+        cross = handle.roles.cross_attention_layers()
+        if not cross:
+            capture = Capture.of(fractions=False, image_layers=self.options.layers, dtype="float32")
+            return describe(handle, item, self.options, capture), layers
+        # the image is read through cross-attention only: its rows are the tile rows there
+        layers = [layer for layer in layers if layer in cross]
+        if not layers:
+            raise VlmflowError(
+                f"layers {self.options.layers!r} hold no cross-attention layer, the only layers"
+                f" that read this model's image: choose among {sorted(cross)}"
+            )
+        capture = Capture.of(fractions=False, tile_layers=self.options.layers, dtype="float32")
+        return describe(handle, item, self.options, capture), layers
 
 
 class Fractions(DescribeExperiment):

@@ -24,7 +24,8 @@ tile's cells map to the picture through the tile's box, so base views, crops and
 are all scored against the same mask; a box reaching past the picture (padding) has cells no
 mask pixel falls in. An empty tile (0 rows or 0 columns) holds no token and is never the peak;
 an image whose tiles have no exact place for the processor's settings (`Tile.unplaced`) is
-refused with a VlmflowError.
+refused with a VlmflowError, and so is a model that reads its image through cross-attention only
+(Llama 3.2 Vision: its maps lie over the tiles' vision states, `ImageSpan.states`).
 
 Masks come from a `MaskSource`, chosen by the `masks` option. `auto` (default) follows the
 image source: `scene` for `--images scenes` (the exact masks of the shipped scenes), `coco` for
@@ -238,6 +239,11 @@ class TokenGrid:
     def of(cls, layout: PromptLayout) -> TokenGrid:
         if len(layout.images[0]) != 1:
             raise VlmflowError("localization reads one image per prompt")
+        if layout.images[0][0].states:
+            raise VlmflowError(
+                "localization scores image rows at prompt positions, and this model reads its"
+                " image through cross-attention over its tiles: use maps for it"
+            )
         layout.images[0][0].check_placed("localization")
         where = {p: i for i, p in enumerate(layout.image_positions(0))}
         tiles = layout.images[0][0].tiles
@@ -395,6 +401,7 @@ class Localization:
         opts = self.options
         ref: ImageRef = item.payload["image"]
         prompt = handle.prepare(ref.open(), item_prompt(opts.prompt, opts.question, ref))
+        grid = TokenGrid.of(prompt.layout)  # refuses a layout it cannot score, before any run
         baseline, capture = self._baseline(handle, prompt)
         knocked, _ = describe(
             handle, prompt, opts.max_new_tokens, [Knockout.parse("image-generated", "all")]
@@ -407,7 +414,6 @@ class Localization:
             raise VlmflowError(f"window {a}-{b}: this model has layers 0-{num_layers - 1}")
         tokenizer = getattr(handle.processor, "tokenizer", handle.processor)
         text, spans = token_spans(tokenizer, baseline.ids)
-        grid = TokenGrid.of(prompt.layout)
         details: list[Detail] = []
         skipped: list[dict[str, str]] = []
         for name in names:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmflow.errors import VlmflowError
 from vlmflow.experiments.fractions import (
     DescribeConfig,
     DescribeExperiment,
@@ -78,7 +79,7 @@ def views_of(span: ImageSpan, split: bool) -> tuple[str, ...]:
     """Canvas names, in blob order."""
     if not split:
         return (ALL_VIEWS,)
-    present = {view_of(tile) for tile in span.tiles if not tile.empty}
+    present = {view_of(tile) for tile in span.grids if not tile.empty}
     return tuple(v for v in (GLOBAL, DETAIL) if v in present)
 
 
@@ -109,15 +110,25 @@ def render(
     """Lay attention rows over image positions out on canvases over the original image.
 
     `rows`: (L, n) attention per layer to the prompt positions `positions` (n,), which must
-    include every tile position of `span` (other positions count as separators). Raises
-    VlmflowError for a span with a tile of no exact place (`Tile.unplaced`).
+    include every tile position of `span` (other positions count as separators); for an image
+    read through cross-attention (`ImageSpan.states`), `positions` index the vision states
+    (the keys of `CaptureResult.tile_rows`), and CLS states count as separators. Raises
+    VlmflowError for a span with a tile of no exact place (`Tile.unplaced`) or rows that miss
+    a position of its grids.
     """
     span.check_placed("maps")
     index = {int(p): i for i, p in enumerate(positions)}
+    missing = [p for tile in span.grids for p in tile.positions if p not in index]
+    if missing or not span.grids:
+        over = "vision states (tile rows)" if span.states else "prompt positions (image rows)"
+        raise VlmflowError(
+            f"maps cannot place these rows: the image's grids lie over its {over}, and the"
+            f" rows miss {len(missing) or 'all'} of them: capture the rows the layout names"
+        )
     views = views_of(span, split)
     maps = np.zeros((rows.shape[0], len(views), size, size))
     placed = np.zeros(rows.shape[0])
-    for tile in span.tiles:
+    for tile in span.grids:
         if tile.empty:
             continue
         columns = [index[p] for p in tile.positions]
@@ -163,7 +174,7 @@ class Maps(DescribeExperiment):
             [described.generated_rows(layer).numpy() for layer in layers], axis=1
         )  # (Q, L, n_image)
         rows = per_query.mean(axis=0)  # (L, n_image)
-        positions = described.capture.image_positions[0].tolist()  # (n_image,)
+        positions = described.positions  # (n_image,) prompt positions or vision states
         span = described.span
         out = render(rows, positions, span, options.size, options.split_views)
         blobs = {"maps": out.maps.astype(np.float16)}
@@ -183,7 +194,7 @@ class Maps(DescribeExperiment):
         flat_peaks = combined.reshape(len(layers), -1).argmax(axis=1)
         tiles = [
             {"kind": t.kind, "view": view_of(t), "rows": t.rows, "cols": t.cols, "box": t.box}
-            for t in span.tiles
+            for t in span.grids
         ]
         return Result(
             metrics={

@@ -68,14 +68,27 @@ class ImageSpan:
     tiles: tuple[Tile, ...]
     separators: tuple[int, ...]  # newline / marker / delimiter positions inside the span
     size: tuple[int, int] | None = None  # original (width, height) when known
+    # cross-attention families (Llama 3.2 Vision): the patch grids over the image's vision
+    # states, the keys of the cross-attention layers; their `positions` index those keys
+    # (`CaptureResult.tile_rows`), not the prompt. Empty for every other family.
+    states: tuple[Tile, ...] = ()
+    # the indices of those keys that belong to this image (CLS states included, padding
+    # tiles not), ascending; empty for every other family
+    state_keys: tuple[int, ...] = ()
+
+    @property
+    def grids(self) -> tuple[Tile, ...]:
+        """The grids maps and localization lay out: `states` where the image is read through
+        cross-attention, else `tiles`."""
+        return self.states or self.tiles
 
     @property
     def patch_positions(self) -> tuple[int, ...]:
         return tuple(p for tile in self.tiles for p in tile.positions)
 
     def check_placed(self, what: str) -> None:
-        """Raise VlmflowError when a tile's box is not exact (see `Tile.unplaced`)."""
-        for tile in self.tiles:
+        """Raise VlmflowError when a grid's box is not exact (see `Tile.unplaced`)."""
+        for tile in self.grids:
             if tile.unplaced:
                 raise VlmflowError(
                     f"{what} cannot place the image tokens of this processor: {tile.unplaced}"

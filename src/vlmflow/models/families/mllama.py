@@ -23,9 +23,25 @@ value, so prefix positions do carry image content into later self-attention laye
 path from the tiles to the text other than through the blocked `<|image|>` key.
 
 Capture at a cross-attention layer: the row's attention over the tiles, so the `image` fraction
-is 1 (0 for every role where the row is knocked out: the layer reads nothing). Image rows over
-tiles are not prompt positions: maps, localization, top-k and compress need image rows at
-prompt positions and are refused on this family.
+is 1 (0 for every role where the row is knocked out: the layer reads nothing).
+
+Layout over the picture (`ImageSpan.states`). The processor resizes the image, keeping its
+aspect ratio, to fit a canvas of rows x cols tiles of `image_size` px (the tiling its
+`aspect_ratio_ids` name), pads it with zeros at the right and bottom to that canvas, and cuts
+the canvas into tiles row by row; the batch pads every image to `max_image_tiles` tiles. The
+vision states of an image are, per tile in that order (padding tiles included), a CLS state,
+then one state per patch of `patch_size` px, row by row. So tile t = i * cols + j covers the
+canvas window [j T, (j + 1) T] x [i T, (i + 1) T], which reaches past the resized picture where
+it was padded (a box past [0, 1], as for LLaVA-1.5's padding), and its patch states are the
+cells of that box. CLS states have no cell; padding tiles show nothing of the image and are no
+key of it (`ImageSpan.state_keys` lists the image's real keys, CLS states included). The
+`<|image|>` prompt position has no place on the picture: `tiles` is empty, maps read the
+cross-attention rows over the states (`CaptureResult.tile_rows`), and localization and top-k,
+which score image rows at prompt positions, are refused.
+
+Compress (paper Sec. 5): the image's keys are the vision states in the cross-attention layers'
+cache; a compressed context keeps every self-attention position of the prompt and, per
+cross-attention layer, the top-k fraction of the image's states (`vlmflow.compression`).
 """
 
 from __future__ import annotations
@@ -35,13 +51,9 @@ from typing import Any
 
 import torch
 
+from vlmflow.errors import VlmflowError
 from vlmflow.models.families.registry import ImageInput, TokenRoles, register
-from vlmflow.models.layout import WHOLE, ImageSpan, Tile
-
-_UNPLACED = (
-    "Llama 3.2 Vision reads the image through cross-attention over its tiles; its one"
-    " <|image|> prompt position has no place on the picture"
-)
+from vlmflow.models.layout import WHOLE, ImageSpan, Tile, crop_box
 
 
 @register
@@ -55,13 +67,88 @@ class MllamaRoles(TokenRoles):
         """The processor takes one list of images per row."""
         return per_row
 
+    def image_inputs(
+        self, inputs: Mapping[str, Any], per_row: list[list[Any]]
+    ) -> list[list[ImageInput]]:
+        """Per image: its size, the tile size (height, width) of `pixel_values`
+        (b, images, max_tiles, 3, T, T), its tiling (rows, cols) from `aspect_ratio_ids`
+        (b, images) and the index of its first vision state in its row. Raises VlmflowError
+        when the processor returned no tiling."""
+        from transformers.models.mllama.image_processing_pil_mllama import (
+            get_all_supported_aspect_ratios,
+        )
+
+        pixels, ids = inputs.get("pixel_values"), inputs.get("aspect_ratio_ids")
+        if not any(per_row):
+            return [[] for _ in per_row]
+        if not isinstance(pixels, torch.Tensor) or not isinstance(ids, torch.Tensor):
+            raise VlmflowError(
+                "the processor returned no pixel_values / aspect_ratio_ids: prepare the prompt"
+                " with handle.prepare()"
+            )
+        max_tiles = int(pixels.shape[2])
+        tile_h, tile_w = int(pixels.shape[-2]), int(pixels.shape[-1])
+        side = int(self.config.vision_config.image_size)
+        if (tile_h, tile_w) != (side, side):
+            raise VlmflowError(
+                f"the processor cuts tiles of {tile_w} x {tile_h} px and the vision tower reads"
+                f" {side} x {side} px: set the image processor's size to the model's image_size"
+            )
+        most = int(self.processor.image_processor.max_image_tiles)
+        ratios = get_all_supported_aspect_ratios(most)  # as the processor numbers its tilings
+        per_image = max_tiles * self._states_per_tile()
+        out = []
+        for r, row in enumerate(per_row):
+            found = []
+            for k, image in enumerate(row):
+                # the processor numbers (tiles down, tiles across) in this list, 1-based
+                rows, cols = ratios[int(ids[r, k]) - 1]
+                found.append(
+                    ImageInput(image.size, None, (tile_h, tile_w), (rows, cols), k * per_image)
+                )
+            out.append(found)
+        return out
+
+    def _states_per_tile(self) -> int:
+        """A CLS state plus one state per patch of a tile."""
+        vision = self.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        return 1 + side * side
+
+    def _states(self, image: ImageInput) -> tuple[tuple[Tile, ...], tuple[int, ...]]:
+        """The image's patch grids over its vision states (module docstring) and its keys."""
+        from transformers.models.mllama.image_processing_pil_mllama import (
+            get_image_size_fit_to_canvas,
+        )
+
+        if image.tiles is None or image.processed is None:
+            return (), ()
+        rows, cols = image.tiles
+        tile = image.processed[0]  # square tiles of T px
+        width, height = image.size
+        new_h, new_w = get_image_size_fit_to_canvas(height, width, rows * tile, cols * tile, tile)
+        vision = self.config.vision_config
+        side = tile // int(vision.patch_size)
+        per_tile = self._states_per_tile()
+        grids: list[Tile] = []
+        keys: list[int] = []
+        for t in range(rows * cols):
+            i, j = divmod(t, cols)
+            first = image.first_state + t * per_tile  # the tile's CLS state
+            window = (j * tile, i * tile, (j + 1) * tile, (i + 1) * tile)
+            box = crop_box(WHOLE, (int(new_w), int(new_h)), window)
+            patches = tuple(range(first + 1, first + per_tile))
+            grids.append(Tile("tile", side, side, patches, box))
+            keys.extend(range(first, first + per_tile))
+        return tuple(grids), tuple(keys)
+
     def spans(self, ids: list[int], images: list[ImageInput], start_index: int) -> list[ImageSpan]:
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
         spans = []
         for k, (pos, image) in enumerate(zip(positions, images, strict=False)):
-            # no grid: the position carries no patch; the empty tile says why maps refuse
-            tile = Tile("image", 0, 0, (), WHOLE, _UNPLACED)
-            spans.append(ImageSpan(k, pos, pos + 1, (tile,), (pos,), image.size))
+            # no prompt grid: the position carries no patch; the states hold the grids
+            states, keys = self._states(image)
+            spans.append(ImageSpan(k, pos, pos + 1, (), (pos,), image.size, states, keys))
         return spans
 
     def cross_attention_layers(self) -> frozenset[int]:

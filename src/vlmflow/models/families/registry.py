@@ -24,6 +24,10 @@ class ImageInput:
     size: tuple[int, int]  # original (width, height)
     grid_thw: tuple[int, int, int] | None = None  # Qwen2-VL family
     processed: tuple[int, int] | None = None  # (height, width) of one processed crop
+    # Llama 3.2 Vision: (rows, cols) of tiles of the aspect-ratio tiling, and the index of the
+    # image's first vision state among the cross-attention keys of its row
+    tiles: tuple[int, int] | None = None
+    first_state: int = 0
 
 
 class TokenRoles:
