@@ -169,7 +169,8 @@ def _kernel(
     """The attention the layer asked for under `mask`: soft-capped scores when it passes
     `softcap` (`softcapped_attention`), else transformers' SDPA function untouched."""
     if kwargs.get("softcap") is not None:
-        return softcapped_attention(module, query, key, value, mask, scaling, dropout, kwargs)
+        qkv = (query, key, value)
+        return softcapped_attention(module, qkv, mask, scaling, dropout, float(kwargs["softcap"]))
     out, _ = sdpa_attention_forward(
         module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs
     )
@@ -459,13 +460,11 @@ def _last_row_weights(
 
 def softcapped_attention(
     module: torch.nn.Module,
-    query: torch.Tensor,  # (b, h, q, d)
-    key: torch.Tensor,  # (b, h_kv, kv, d)
-    value: torch.Tensor,  # (b, h_kv, kv, d)
+    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # (b, h | h_kv, q | kv, d) each
     mask: torch.Tensor | None,  # (b | 1, 1, q, kv) bool, or None
     scaling: float | None,
     dropout: float,
-    kwargs: dict[str, Any],
+    softcap: float,
 ) -> torch.Tensor:  # (b, q, h, d)
     """Soft-capped attention (Gemma 2, PaliGemma 2: `softcap` = `attn_logit_softcapping`),
     which SDPA cannot compute, as transformers' eager attention computes it: scores =
@@ -474,7 +473,7 @@ def softcapped_attention(
     the same output. Without a mask: what SDPA would imply (`_implied`: causal for a causal
     module when q > 1, every key otherwise). Knockout and capture act on it like on SDPA, in
     `attention` (the mask given here already holds the knockout)."""
-    softcap = float(kwargs["softcap"])
+    query, key, value = qkv
     _, h, q_len, d = query.shape
     kv_len = key.shape[2]
     if mask is None and q_len > 1 and getattr(module, "is_causal", True):
