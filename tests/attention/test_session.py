@@ -116,21 +116,7 @@ def test_knocked_out_keys_get_exactly_zero(family, setting, spec, rows, tiny_pat
     assert torch.allclose(sums, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        "llava",
-        "qwen2_5_vl",
-        "qwen3_vl",
-        "qwen3_vl_moe",
-        "internvl",
-        "gemma3",
-        "paligemma2",
-        "llava_onevision",
-        "mistral3",
-        "mllama",
-    ],
-)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_layers_outside_the_set_are_bit_identical(family, tiny_path, photo):
     handle = vlmflow.load(str(tiny_path(family)))
     prompt = handle.prepare(photo)
