@@ -433,3 +433,22 @@ def test_session_ending_under_a_running_thread_is_refused(tiny_path, photo):
     thread.join()
     assert len(errors) == 1
     assert "join the thread" in str(errors[0])
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_a_static_cache_is_refused_in_one_line(family, tiny_path, photo):
+    """A static cache's keys are preallocated slots, not positions: refused, never mapped."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    for kwargs in (
+        {"knockout": vlmflow.Knockout.parse("image->generated", "all")},
+        {"capture": vlmflow.Capture.of()},
+    ):
+        with (
+            vlmflow.session(handle, prompt, **kwargs) as s,
+            pytest.raises(vlmflow.VlmflowError, match="static KV cache") as err,
+        ):
+            s.generate(max_new_tokens=4, cache_implementation="static")
+        assert "\n" not in str(err.value)
+    plain = handle.generate(prompt, max_new_tokens=4, cache_implementation="static")
+    assert plain.shape == (1, 4)  # outside a session the model runs as transformers runs it

@@ -135,6 +135,13 @@ def _check_inputs(
     cache = kwargs.get("past_key_values")
     past = int(cache.get_seq_length()) if cache is not None else 0
     if current(model, int(ids.shape[1]), past + int(ids.shape[1])) is session:
+        if getattr(cache, "is_compileable", False):
+            # its keys are preallocated slots: key j is no position, and the step count
+            # (keys - prompt) stays fixed; roles and captured steps would be silently wrong
+            session.refuse(
+                "a static KV cache (cache_implementation='static' or a StaticCache) cannot be"
+                " mapped to prompt positions: generate with the default dynamic cache"
+            )
         session.check_inputs(ids, past)
         session.begin_pass(past + int(ids.shape[1]), int(ids.shape[1]))
         if past == 0 and session.recorder is not None:
@@ -224,11 +231,12 @@ def attention(
     is absolute position end - kv + j (`Session.key_end`); roles are read there, the mask
     transformers passed (window, padding, Gemma 3's bidirectional image blocks) is kept and
     only knocked keys are removed from it, and captured weights are laid over absolute
-    positions (0 outside the window). Those layers always take the dense path.
+    positions (0 outside the window). Once their cache has dropped positions those layers take
+    the dense path.
 
     Raises:
-        VlmflowError: a layer the session cannot handle exactly (chunked, soft-capped or
-            sink attention: `guard.unsupported`), a sliding-window call whose key positions
+        VlmflowError: a layer the session cannot handle exactly (chunked or sink attention:
+            `guard.unsupported`), a static KV cache, a sliding-window call whose key positions
             are unknown or whose knockout leaves a query no key, or capture over a batch that
             is not one row per prompt row (num_beams or num_return_sequences > 1).
     """
@@ -472,7 +480,18 @@ def softcapped_attention(
     softmax in float32 cast back, dropout, times V: the same operations in the same order, so
     the same output. Without a mask: what SDPA would imply (`_implied`: causal for a causal
     module when q > 1, every key otherwise). Knockout and capture act on it like on SDPA, in
-    `attention` (the mask given here already holds the knockout)."""
+    `attention` (the mask given here already holds the knockout: paper Sec. 4.1, Eq. 3-4).
+
+    Args:
+        module: the layer's attention module (`is_causal`, `training`).
+        qkv: query (b, h, q, d), key and value (b, h_kv, kv, d), h a multiple of h_kv.
+        mask: (b or 1, 1, q, kv) bool (True: may attend) or additive float, or None.
+        scaling: softmax scale (d**-0.5 when None); dropout: as transformers passes it.
+        softcap: the cap (scores become tanh(s / cap) * cap).
+
+    Returns:
+        (b, q, h, d) attention output in the query's dtype.
+    """
     query, key, value = qkv
     _, h, q_len, d = query.shape
     kv_len = key.shape[2]

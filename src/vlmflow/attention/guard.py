@@ -78,10 +78,10 @@ def record(module: torch.nn.Module, kwargs: dict[str, Any], queries: int, keys: 
     reason = unsupported(module, kwargs)
     if not reason and keys != queries:
         reason = (
-            f"{NOT_POSITIONS} ({keys} keys for {queries} queries: cross-attention or memory "
-            "tokens)"
+            f"{NOT_POSITIONS} ({keys} keys for {queries} queries: cross-attention or memory tokens)"
         )
-    calls[int(layer)] = reason
+    # a later call at the same index (another module sharing it) never erases a refusal
+    calls[int(layer)] = calls.get(int(layer)) or reason
 
 
 # why the probe refuses a layer whose keys outnumber its queries

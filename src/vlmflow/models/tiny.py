@@ -55,8 +55,8 @@ GENERIC_FAMILIES = ("aya_vision",)
 # linear attention that never calls the attention function (Qwen3.5).
 REFUSED_FAMILIES = ("llama4", "qwen3_5")
 # The families among them whose image enters the text only through cross-attention layers: the
-# prompt holds no image tokens with a place on the picture, so maps, localization, top-k and
-# compress (which read attention rows over prompt image positions) refuse them.
+# prompt holds no image tokens with a place on the picture, so localization and top-k (which
+# read attention rows over prompt image positions) refuse them.
 CROSS_ATTENTION_FAMILIES = ("mllama",)
 
 # A plain user turn: the images, then the text. Each family's template differs only in how

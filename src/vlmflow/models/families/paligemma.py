@@ -20,10 +20,10 @@ What differs from the other families, and where vlmflow handles it:
 - PaliGemma 2's Gemma 2 layers soft-cap attention scores (`attn_logit_softcapping`): vlmflow's
   attention function computes them exactly as transformers' eager attention does
   (`vlmflow.attention.backend.softcapped_attention`), knockout and capture included;
-  transformers' own SDPA refuses this model. Its sliding-window layers (every other layer) are
-  exact while the sequence fits the window (`sliding_window` of the text config): the guard
-  refuses them for a prompt longer than it, and a session at the generation step that outgrows
-  it.
+  transformers' own SDPA refuses this model. Its sliding-window layers (every other layer)
+  take the path of every sliding-window layer (`vlmflow.attention.backend`): past the window
+  the keys the cache keeps are mapped to their absolute positions and the mask transformers
+  passes (window, prefix-LM block) is kept, knocked keys removed from it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class PaliGemmaRoles(TokenRoles):
 
     def render(self, turns: Sequence[tuple[int, str]], add_generation_prompt: bool) -> str:
         """The processor's prompt: the images' placeholders, BOS, each turn's text followed by
-        "\\n" (the processor's separator before the answer; there is no other cue)."""
+        "\\n" (the processor's separator before the answer; there is no other cue).
+
+        Raises VlmflowError when a turn after the first holds images."""
         if not turns:
             return ""
         images = sum(n for n, _ in turns)

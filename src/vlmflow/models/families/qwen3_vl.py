@@ -25,7 +25,8 @@ so the image's embeddings and its deepstack features alike reach a text position
 attention to image keys, which the knockout blocks. (Exactly so in arithmetic. In the MoE
 model the rows an expert multiplies together depend on where the image tokens were routed, so
 a matrix kernel whose rounding depends on the number of rows could change the last bits of
-text rows; on CPU the tests find the logits of two images bit-identical.) What a text position
+text rows: the tests find the logits of two images equal to 1e-5, bit-identical for the dense
+model.) What a text position
 still learns is the image's token count and, through the rotary positions after it, its grid
 (t, h, w): the shape of the prompt, as in every family, not the picture. Deepstack does make
 the image positions' keys and values depend on the picture in early layers, which a knockout
