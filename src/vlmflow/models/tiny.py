@@ -58,6 +58,10 @@ REFUSED_FAMILIES = ("llama4", "qwen3_5")
 # prompt holds no image tokens with a place on the picture, so localization and top-k (which
 # read attention rows over prompt image positions) refuse them.
 CROSS_ATTENTION_FAMILIES = ("mllama",)
+# The families among them with a mixture of experts: an expert multiplies the rows routed to it
+# together, and which rows those are depends on the image, so values that are equal in
+# arithmetic may differ in their last bits (the kernel's rounding follows the row count).
+MOE_FAMILIES = ("qwen3_vl_moe",)
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
 # it spells the image placeholder and the turn markers.
