@@ -1,7 +1,8 @@
 """Cost of knockout and capture against plain generation, measured side by side in one run.
 
     python bench/core.py [--model vlmflow-tiny] [--images 4,12] [--new-tokens 8] [--repeats 3]
-        [--dense] [--memory-images 4] [--shape llava7b] [--device cpu|cuda] [--json out.json]
+        [--dense] [--memory-images 4] [--prefill-chunk N] [--shape llava7b] [--device cpu|cuda]
+        [--json out.json]
 
 For each prompt size (`--images`: fixed scenes in one prompt; 4 = 1,062 tokens, 12 = about
 3.1k with vlmflow-tiny) it times, interleaved, plain SDPA generate (the same checkpoint loaded by
@@ -17,7 +18,9 @@ median (issue acceptance: knockout <= 1.05, capture <= 1.5), and the same for pr
 Memory (`--memory-images` sizes only; eager output_attentions grows with the square of the
 prompt): peak memory above the level just before the call, sampled every millisecond in a fresh
 subprocess per variant (CPU), or torch.cuda.max_memory_allocated above the level before the call
-(GPU); capture / eager output_attentions [<= 0.1].
+(GPU); capture / eager output_attentions [<= 0.1]. `--prefill-chunk N` also measures plain and
+capture with transformers' chunked prefill (`generate(prefill_chunk_size=N)`), which bounds the
+prefill's activations (the MLP's, at a 7B shape) by N positions.
 """
 
 from __future__ import annotations
@@ -134,9 +137,13 @@ class PeakRss:
         self.peak = max(self.peak, self.rss() - self.start)
 
 
-def run_variant(variant: str, model: str, n_images: int, new_tokens: int, device: str) -> dict:
-    """One generation in this process; returns seconds and peak extra memory in bytes."""
+def run_variant(
+    variant: str, model: str, n_images: int, new_tokens: int, device: str, chunk: int | None
+) -> dict:
+    """One generation in this process; returns seconds and peak extra memory in bytes.
+    `chunk`: transformers' `prefill_chunk_size` for the variants named `... chunked`."""
     attn = "eager" if variant == "eager_attentions" else "sdpa"
+    extra = {"prefill_chunk_size": chunk} if variant.endswith(" chunked") else {}
     handle = vlmflow.load(model, device=device, attn=attn)
     prompt = handle.prepare(images(n_images), PROMPT)
     handle.generate(prompt, max_new_tokens=2)  # warm-up
@@ -145,7 +152,7 @@ def run_variant(variant: str, model: str, n_images: int, new_tokens: int, device
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    capture = vlmflow.Capture.of() if variant == "capture" else None
+    capture = vlmflow.Capture.of() if variant.startswith("capture") else None
     with PeakRss() as mem:
         start = time.perf_counter()
         if variant == "eager_attentions":
@@ -160,7 +167,7 @@ def run_variant(variant: str, model: str, n_images: int, new_tokens: int, device
             kept = sum(a.numel() * a.element_size() for step in out.attentions for a in step)
         else:
             with vlmflow.session(handle, prompt, capture=capture) as s:
-                s.generate(max_new_tokens=new_tokens)
+                s.generate(max_new_tokens=new_tokens, **extra)
             kept = 0
             if capture is not None:
                 r = s.capture
@@ -274,10 +281,18 @@ def time_variants(
     }
 
 
-def measure_memory(model: str, n_images: int, new_tokens: int, device: str) -> dict:
-    """Peak memory of plain, capture and eager output_attentions, one subprocess each."""
+def measure_memory(
+    model: str, n_images: int, new_tokens: int, device: str, chunk: int | None
+) -> dict:
+    """Peak memory of plain, capture and eager output_attentions, one subprocess each; with
+    `chunk`, also plain and capture with transformers' chunked prefill (`prefill_chunk_size`).
+    Eager is measured without it: with chunks, `generate` returns the last chunk's attention
+    only, so it would not hold the maps capture is compared with."""
     memory = {}
-    for variant in ("plain", "capture", "eager_attentions"):
+    variants = ["plain", "capture", "eager_attentions"]
+    if chunk:
+        variants += ["plain chunked", "capture chunked"]
+    for variant in variants:
         cmd = [
             sys.executable,
             __file__,
@@ -291,6 +306,8 @@ def measure_memory(model: str, n_images: int, new_tokens: int, device: str) -> d
             device,
             "--variant",
             variant,
+            "--prefill-chunk",
+            str(chunk or 0),
         ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         memory[variant] = json.loads(out.strip().splitlines()[-1])
@@ -300,7 +317,13 @@ def measure_memory(model: str, n_images: int, new_tokens: int, device: str) -> d
         "image_tokens": memory["capture"]["image_tokens"],
         "prompt_tokens": memory["capture"]["prompt_tokens"],
         "peak_bytes": peak,
+        "prefill_chunk_size": chunk,
         "capture_over_eager": peak["capture"] / peak["eager_attentions"],
+        **(
+            {"capture_chunked_over_eager": peak["capture chunked"] / peak["eager_attentions"]}
+            if chunk
+            else {}
+        ),
     }
 
 
@@ -315,12 +338,20 @@ def main() -> None:
     parser.add_argument(
         "--shape-dir", type=Path, help="where --shape builds its checkpoint (default: a temp dir)"
     )
-    parser.add_argument("--images", default="4,12", help="images per prompt, comma-separated")
+    parser.add_argument(
+        "--images", default="4,12", help="images per timed prompt, comma-separated ('' for none)"
+    )
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense", action="store_true", help="also time the dense-mask path")
     parser.add_argument(
         "--memory-images", default="4", help="sizes whose memory is measured ('' for none)"
+    )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=0,
+        help="also measure memory with transformers' prefill_chunk_size=N (0: not)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one memory variant
@@ -332,10 +363,21 @@ def main() -> None:
         args.model = build_shape(args.shape, folder)
     if args.variant:
         n = int(args.images)
-        print(json.dumps(run_variant(args.variant, args.model, n, args.new_tokens, args.device)))
+        print(
+            json.dumps(
+                run_variant(
+                    args.variant,
+                    args.model,
+                    n,
+                    args.new_tokens,
+                    args.device,
+                    args.prefill_chunk or None,
+                )
+            )
+        )
         return
 
-    sizes = [int(v) for v in args.images.split(",")]
+    sizes = [int(v) for v in args.images.split(",") if v.strip()]
     result = {
         "model": args.shape or args.model,
         "device": args.device,
@@ -356,15 +398,22 @@ def main() -> None:
             time_variants(args.model, n, args.new_tokens, args.repeats, args.device, args.dense)
         )
         save()
-    print_timing(result, args)
+    if sizes:
+        print_timing(result, args)
     for n in (int(v) for v in args.memory_images.split(",") if v.strip()):
-        m = measure_memory(args.model, n, args.new_tokens, args.device)
+        m = measure_memory(args.model, n, args.new_tokens, args.device, args.prefill_chunk or None)
         result["memory"].append(m)
         save()
         peaks = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in m["peak_bytes"].items())
         print(
             f"  memory at {m['prompt_tokens']} tokens ({m['image_tokens']} image): {peaks};"
-            f" capture / eager output_attentions {m['capture_over_eager']:.4f} (target <= 0.1)",
+            f" capture / eager output_attentions {m['capture_over_eager']:.4f} (target <= 0.1)"
+            + (
+                f"; capture with prefill_chunk_size={m['prefill_chunk_size']} / eager"
+                f" {m['capture_chunked_over_eager']:.4f}"
+                if "capture_chunked_over_eager" in m
+                else ""
+            ),
             flush=True,
         )
 
