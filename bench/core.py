@@ -17,10 +17,12 @@ median (issue acceptance: knockout <= 1.05, capture <= 1.5), and the same for pr
 (b, 1, q, kv) mask (`backend.SPLIT = False`), the path the split replaces, side by side.
 Memory (`--memory-images` sizes only; eager output_attentions grows with the square of the
 prompt): peak memory above the level just before the call, sampled every millisecond in a fresh
-subprocess per variant (CPU), or torch.cuda.max_memory_allocated above the level before the call
-(GPU); capture / eager output_attentions [<= 0.1]. `--prefill-chunk N` also measures plain and
-capture with transformers' chunked prefill (`generate(prefill_chunk_size=N)`), which bounds the
-prefill's activations (the MLP's, at a 7B shape) by N positions.
+subprocess per variant (CPU; glibc maps every block over 128 KiB on its own, so resident memory
+follows the live tensors instead of reusing the warm-up run's freed heap), or
+torch.cuda.max_memory_allocated above the level before the call (GPU); capture / eager
+output_attentions [<= 0.1]. `--prefill-chunk N` also measures plain and capture with
+transformers' chunked prefill (`generate(prefill_chunk_size=N)`), which bounds the prefill's
+activations (the MLP's, at a 7B shape) by N positions.
 """
 
 from __future__ import annotations
@@ -309,7 +311,10 @@ def measure_memory(
             "--prefill-chunk",
             str(chunk or 0),
         ]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        # glibc: every block over 128 KiB its own mapping, unmapped when freed, so resident
+        # memory follows the live tensors (no reuse of freed heap from the warm-up run)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         memory[variant] = json.loads(out.strip().splitlines()[-1])
     peak = {k: v["peak_bytes"] for k, v in memory.items()}
     return {

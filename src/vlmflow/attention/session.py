@@ -111,7 +111,8 @@ class Session:
         # a knockout blocking a role from itself: on a sliding-window layer a query's window may
         # hold blocked keys only, which the attention function checks per call
         self.self_blocking = any(bool((k.tgt & k.src).any()) for k in self.knockouts)
-        self._pass = threading.local()  # .end, .q: the model's forward pass in this thread
+        # .end, .q: the model's forward pass in this thread; .reach: where its last one ended
+        self._pass = threading.local()
         # every row holds the same roles and no padding: knockouts acting on every row can run
         # without a (b, 1, q, kv) mask (`split`)
         codes = layout.codes
@@ -172,8 +173,22 @@ class Session:
 
         `input_ids` (b * k, q) holds positions [past, past + q) of every row; row r must hold
         prompt row r // k there (positions past the prompt are generated tokens: any id).
+        Also refuses a pass that continues this thread's previous one inside a block of prompt
+        positions attending both ways (`TokenRoles.cuts_bidirectional_block`: chunked prefill
+        through PaliGemma's prefix or a Gemma 3 image), which the model computes in one pass.
         """
         n = self.prompt_length
+        reach = getattr(self._pass, "reach", None)
+        self._pass.reach = past + int(input_ids.shape[1])
+        continued = 0 < past < n and past == reach
+        if continued and self.handle.roles.cuts_bidirectional_block(self.prompt.inputs, past):
+            self.refuse(
+                f"a forward pass starting at prompt position {past} (chunked prefill:"
+                " generate(prefill_chunk_size=...)) cuts a block of positions that attend to"
+                " each other both ways, so the positions before it would not see the later"
+                " ones as in the model's one pass: prefill the prompt in one pass (no"
+                " prefill_chunk_size) or cut outside the block"
+            )
         if past >= n:
             return
         k = self.expansion(int(input_ids.shape[0]))

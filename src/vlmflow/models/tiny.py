@@ -62,6 +62,9 @@ CROSS_ATTENTION_FAMILIES = ("mllama",)
 # together, and which rows those are depends on the image, so values that are equal in
 # arithmetic may differ in their last bits (the kernel's rounding follows the row count).
 MOE_FAMILIES = ("qwen3_vl_moe",)
+# The families whose prompt holds blocks of positions attending both ways (PaliGemma's prefix,
+# Gemma 3's image soft tokens): chunked prefill may not cut such a block under a session.
+BIDIRECTIONAL_FAMILIES = ("gemma3", "paligemma", "paligemma2")
 
 # A plain user turn: the images, then the text. Each family's template differs only in how
 # it spells the image placeholder and the turn markers.

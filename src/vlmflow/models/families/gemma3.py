@@ -14,7 +14,10 @@ mask transformers builds from `token_type_ids`); a knockout only removes keys fr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from vlmflow.errors import VlmflowError
 from vlmflow.models.families.geometry import _Grid, _Options, _shape, _square, _standard_resize
@@ -29,6 +32,14 @@ class Gemma3Roles(TokenRoles):
 
     family = "gemma3"
     model_types = ("gemma3",)
+
+    def cuts_bidirectional_block(self, inputs: Mapping[str, Any], at: int) -> bool:
+        """True when `at - 1` and `at` are both soft tokens (`token_type_ids` 1) of one view in
+        some row: transformers' mask lets each run of soft tokens attend both ways."""
+        types = inputs.get("token_type_ids")
+        if not isinstance(types, torch.Tensor) or not 0 < at < types.shape[1]:
+            return False
+        return bool(((types[:, at - 1] == 1) & (types[:, at] == 1)).any())
 
     def processor_images(self, per_row: list[list[Any]]) -> list[Any]:
         """The processor takes one list of images per row (a flat list is one row's)."""

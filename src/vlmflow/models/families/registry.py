@@ -109,6 +109,15 @@ class TokenRoles:
         Default 0: causal throughout."""
         return 0
 
+    def cuts_bidirectional_block(self, inputs: Mapping[str, Any], at: int) -> bool:
+        """True when prompt positions `at - 1` and `at` of some row of `inputs` lie in one
+        block of positions that attend to each other in both directions, so that a forward
+        pass ending at `at` followed by one starting there (transformers' chunked prefill,
+        `generate(prefill_chunk_size=...)`) computes the positions before `at` without the
+        later ones of their block: another computation than the model's one pass. Default:
+        `at` inside [1, `bidirectional_end`)."""
+        return 0 < at < self.bidirectional_end(inputs)
+
     def render(self, turns: Sequence[tuple[int, str]], add_generation_prompt: bool) -> str:
         """The text the language model reads for user `turns` ((images, text) each, images
         as the processor's unexpanded placeholders), with the answer cue when
