@@ -69,6 +69,7 @@ SHAPES = {
             "hidden_size": 4096,
             "num_attention_heads": 32,
             "num_key_value_heads": 32,
+            "head_dim": 128,  # set, not derived: the tiny config it starts from names its own
             "intermediate_size": 11008,
             "num_hidden_layers": 4,
         },
@@ -90,7 +91,8 @@ def build_shape(shape: str, folder: Path) -> str:
 
     spec = SHAPES[shape]
     done = folder / "shape.txt"  # written last: the folder holds the whole checkpoint
-    if done.exists() and done.read_text() == shape:
+    marker = json.dumps({shape: spec}, sort_keys=True)  # a changed spec builds anew
+    if done.exists() and done.read_text() == marker:
         return str(folder)
     build_tiny("llava", folder)
     config = AutoConfig.from_pretrained(folder)
@@ -104,9 +106,14 @@ def build_shape(shape: str, folder: Path) -> str:
     processor.image_processor.crop_size = {"height": size, "width": size}
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16).eval()
+    text = model.config.text_config
+    for k, v in spec["text"].items():  # the model has the shape asked for
+        assert getattr(text, k) == v, (k, getattr(text, k), v)
+    q_proj = model.model.language_model.layers[0].self_attn.q_proj  # (heads x head_dim, hidden)
+    assert q_proj.out_features == text.num_attention_heads * text.head_dim == text.hidden_size
     model.save_pretrained(folder)
     save_processor(processor, folder)
-    done.write_text(shape)
+    done.write_text(marker)
     return str(folder)
 
 
