@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 
 # 7B-shaped decoder: 576 image tokens (LLaVA-1.5) and 5 x 576 = 2,880 (LLaVA-NeXT's count)
 step core-llava7b 240 bench/core.py --shape llava7b --images 1,5 --new-tokens 16 --repeats 5 \
-    --dense --memory-images 1,5
+    --dense --memory-images 1,5 --prefill-chunk 512
 if "$py" -c "import vlmflow; vlmflow.load('vlmflow-tiny', device='cpu')" >/dev/null 2>&1; then
     step core-tiny 90 bench/core.py --images 4,12 --new-tokens 16 --repeats 5 --dense \
         --memory-images 4

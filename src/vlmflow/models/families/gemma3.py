@@ -9,7 +9,8 @@ runs from the first `<start_of_image>` to the last `<end_of_image>` of the image
 Attention: most decoder layers are sliding-window layers (their cache keeps only the last
 window - 1 keys); the attention function maps their keys to absolute positions, so knockout and
 capture act on them exactly. Inside each block of soft tokens attention is bidirectional (the
-mask transformers builds from `token_type_ids`); a knockout only removes keys from that mask.
+mask transformers builds from `token_type_ids`); a knockout only removes keys from that mask,
+and a chunked prefill whose boundary falls inside a block is refused under a session.
 """
 
 from __future__ import annotations
