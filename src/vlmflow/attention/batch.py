@@ -266,9 +266,9 @@ def _positions(handle: Handle, prompt: Prompt) -> torch.Tensor:
 
 def chunk_start(handle: Handle, prompt: Prompt, split: int) -> int:
     """Where a chunk of the one-row prompt that should start at `split` may start: `split`, or
-    0 when `split` falls inside the prompt's bidirectional block (`TokenRoles.
-    bidirectional_end`: PaliGemma's prefix-LM), whose positions read later ones too."""
-    return 0 if split < handle.roles.bidirectional_end(prompt.inputs) else split
+    0 when `split` cuts a block of positions that read later ones too (`TokenRoles.
+    cuts_bidirectional_block`: PaliGemma's prefix-LM, a Gemma 3 image)."""
+    return 0 if handle.roles.cuts_bidirectional_block(prompt.inputs, split) else split
 
 
 def _repeat_prompt(prompt: Prompt, count: int) -> Prompt:
