@@ -18,7 +18,7 @@ from vlmflow.models.tiny import (
 )
 
 from . import reference
-from .refusal import refused_in_one_line
+from .runs import generated_with_logits, refused_in_one_line
 
 NEW = 6
 # transformers cannot chunk a prompt whose image enters through cross-attention (mllama's
@@ -44,21 +44,6 @@ def _chunk(family: str, prompt: vlmflow.Prompt) -> int:
     return size
 
 
-def _generate(model, prompt, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, NEW) greedy ids and (NEW, 1, vocab) logits of `model.generate`."""
-    with torch.inference_mode():
-        out = model.generate(
-            **prompt.inputs,
-            do_sample=False,
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            return_dict_in_generate=True,
-            output_logits=True,
-            **kwargs,
-        )
-    return out.sequences[:, prompt.layout.length :], torch.stack(out.logits)
-
-
 @pytest.mark.parametrize("family", CHUNKED)
 def test_chunked_prefill_equals_one_pass(family, tiny_path, photo):
     """Empty session = transformers' own chunked generate, logit for logit; knockout = the
@@ -68,9 +53,11 @@ def test_chunked_prefill_equals_one_pass(family, tiny_path, photo):
     prompt = handle.prepare(photo)
     chunk = {"prefill_chunk_size": _chunk(family, prompt)}
     plain = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sdpa").eval()
-    theirs, their_logits = _generate(plain, prompt, **chunk)
+    theirs, their_logits = generated_with_logits(plain, prompt, NEW, do_sample=False, **chunk)
     with vlmflow.session(handle, prompt):
-        ours, our_logits = _generate(handle.model, prompt, **chunk)
+        ours, our_logits = generated_with_logits(
+            handle.model, prompt, NEW, do_sample=False, **chunk
+        )
     assert ours.tolist() == theirs.tolist()
     assert torch.allclose(our_logits, their_logits, rtol=0, atol=1e-5)
 

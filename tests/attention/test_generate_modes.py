@@ -17,7 +17,7 @@ from vlmflow.attention import backend
 
 from . import reference
 from .numerics import same
-from .refusal import refused_in_one_line
+from .runs import generated_with_logits, refused_in_one_line
 
 NEW = 6
 FAMILIES = ["llava", "qwen2_vl", "idefics3"]
@@ -49,18 +49,7 @@ def _batch(handle, seed: int = 0):
 
 def _run(model, prompt, mode: str, **extra):
     """(rows, new) ids and the per-step logits of `model.generate` in `mode` (seeded)."""
-    torch.manual_seed(0)
-    with torch.inference_mode():
-        out = model.generate(
-            **prompt.inputs,
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            return_dict_in_generate=True,
-            output_logits=True,
-            **MODES[mode],
-            **extra,
-        )
-    return out.sequences[:, prompt.layout.length :], torch.stack(out.logits)
+    return generated_with_logits(model, prompt, NEW, **MODES[mode], **extra)
 
 
 def _in_thread(target) -> None:
