@@ -1,8 +1,8 @@
 """Cost of knockout and capture against plain generation, measured side by side in one run.
 
     python bench/core.py [--model vlmflow-tiny] [--images 4,12] [--new-tokens 8] [--repeats 3]
-        [--dense] [--memory-images 4] [--prefill-chunk N] [--shape llava7b] [--device cpu|cuda]
-        [--json out.json]
+        [--dense] [--paired] [--memory-images 4] [--prefill-chunk N] [--shape llava7b]
+        [--device cpu|cuda] [--json out.json]
 
 For each prompt size (`--images`: fixed scenes in one prompt; 4 = 1,062 tokens, 12 = about
 3.1k with vlmflow-tiny) it times, interleaved, plain SDPA generate (the same checkpoint loaded by
@@ -13,6 +13,10 @@ scattered, as top-k pruning at k = 5% blocks them; queries: query+generated), an
 role-fraction capture. Every variant runs once untimed first; each repeat then runs them all,
 starting one variant later than the previous repeat. Prints each median wall time / plain SDPA
 median (issue acceptance: knockout <= 1.05, capture <= 1.5), and the same for process CPU time.
+`--paired` runs plain between every two variants (P V1 P V2 ... P) and also prints, per variant,
+the median over repeats of its run / the mean of the two plain runs beside it: a host whose
+speed drifts over minutes moves both alike, so the ratio of neighbours resolves what the ratio of
+medians cannot (twice the runs).
 `--dense` also times the knockouts whose prefill holds knocked rows with the dense
 (b, 1, q, kv) mask (`backend.SPLIT = False`), the path the split replaces, side by side.
 Memory (`--memory-images` sizes only; eager output_attentions grows with the square of the
@@ -216,9 +220,17 @@ def settings(prompt: vlmflow.Prompt, num_layers: int) -> dict[str, list[vlmflow.
 
 
 def time_variants(
-    model: str, n_images: int, new_tokens: int, repeats: int, device: str, dense: bool
+    model: str,
+    n_images: int,
+    new_tokens: int,
+    repeats: int,
+    device: str,
+    dense: bool,
+    paired: bool = False,
 ) -> dict:
-    """Interleaved timing of plain SDPA, every knockout setting and capture on one model."""
+    """Interleaved timing of plain SDPA, every knockout setting and capture on one model;
+    `paired`: a plain run between every two variants, and each variant's ratio taken to the
+    mean of the plain runs on either side of it (median over repeats)."""
     from transformers import AutoModelForImageTextToText
 
     from vlmflow.attention import backend
@@ -265,19 +277,41 @@ def time_variants(
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up (and the attention guard's one probe)
         fn()
-    names = list(variants)
+    # paired: each variant's run / the mean of the plain runs just before and after it
+    ratios: dict[str, list[float]] = {name: [] for name in variants if name != "plain"}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in ratios}
+
+    def timed(name: str) -> tuple[float, float]:
+        sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        variants[name]()
+        sync()
+        runs[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - start_cpu)
+        return runs[name][-1], cpu[name][-1]
+
+    names = list(variants) if not paired else list(ratios)
     for r in range(repeats):
         # each repeat starts one variant later, so no variant always follows the same one
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            variants[name]()
-            sync()
-            runs[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+        order = names[r % len(names) :] + names[: r % len(names)]
+        before = timed("plain") if paired else (0.0, 0.0)
+        for name in order:
+            wall, used = timed(name)
+            if paired:
+                after = timed("plain")
+                ratios[name].append(wall / ((before[0] + after[0]) / 2))
+                cpu_ratios[name].append(used / ((before[1] + after[1]) / 2))
+                before = after
     med = {k: statistics.median(v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    paired_result = {
+        "paired_over_plain": {k: statistics.median(v) for k, v in ratios.items()},
+        "paired_cpu_over_plain": {k: statistics.median(v) for k, v in cpu_ratios.items()},
+        "paired_ratios": ratios,
+        "paired_cpu_ratios": cpu_ratios,
+    }
     return {
+        **(paired_result if paired else {}),
         "images": n_images,
         "prompt_tokens": prompt.layout.length,
         "image_tokens": prompt.layout.counts()["image"],
@@ -357,6 +391,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense", action="store_true", help="also time the dense-mask path")
     parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="run plain between every two variants; also print each variant / its neighbours",
+    )
+    parser.add_argument(
         "--memory-images", default="4", help="sizes whose memory is measured ('' for none)"
     )
     parser.add_argument(
@@ -407,7 +446,15 @@ def main() -> None:
 
     for n in sizes:
         result["timing"].append(
-            time_variants(args.model, n, args.new_tokens, args.repeats, args.device, args.dense)
+            time_variants(
+                args.model,
+                n,
+                args.new_tokens,
+                args.repeats,
+                args.device,
+                args.dense,
+                args.paired,
+            )
         )
         save()
     if sizes:
@@ -450,6 +497,18 @@ def print_timing(result: dict, args: argparse.Namespace) -> None:
     for name in timing[0]["median_cpu_seconds"]:
         cells = "".join(
             f"{t['cpu_over_plain'][name]:>9.3f} ({t['median_cpu_seconds'][name]:6.1f}s)"
+            for t in timing
+        )
+        print(f"  {name:<48}{cells}", flush=True)
+    if "paired_over_plain" not in timing[0]:
+        return
+    print(
+        "  paired: median over repeats of each run / the mean of the plain runs just before and"
+        " after it (wall time; process CPU time)"
+    )
+    for name in timing[0]["paired_over_plain"]:
+        cells = "".join(
+            f"{t['paired_over_plain'][name]:>9.3f} ({t['paired_cpu_over_plain'][name]:5.3f})"
             for t in timing
         )
         print(f"  {name:<48}{cells}", flush=True)

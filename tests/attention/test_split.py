@@ -71,3 +71,33 @@ def test_split_equals_dense(family, setting, spec, tiny_path, photo, photo2, mon
     # the knockout changes the logits: the equalities above are not those of two plain runs
     _, plain, _ = _run(handle, prompt, [], monkeypatch, split=True)
     assert not torch.allclose(logits, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_blocking_the_same_keys_share_one_plan(tiny_path, photo, monkeypatch):
+    """A key set repeated over layers (top-k with one kept set) is planned once per step, not
+    once per layer; layers with different positions still get plans of their own."""
+    from vlmflow.attention.session import Session
+
+    handle = vlmflow.load(str(tiny_path("llava")))
+    prompt = handle.prepare(photo, "Describe it.")
+    image = prompt.layout.image_positions(0)
+    layers = range(handle.num_layers)
+    planned: list[int] = []
+    plan = Session._plan
+
+    def counted(self, layer, q_len, kv_len, device):
+        planned.append(layer)
+        return plan(self, layer, q_len, kv_len, device)
+
+    monkeypatch.setattr(Session, "_plan", counted)
+    for blocked, distinct in (
+        (dict.fromkeys(layers, image[::3]), 1),
+        ({layer: image[layer % 2 :: 2] for layer in layers}, 2),
+    ):
+        planned.clear()
+        knockouts = [K.key_set(blocked, tgt="query+generated")]
+        ids, logits, _ = _run(handle, prompt, knockouts, monkeypatch, split=True)
+        assert len(planned) == distinct * NEW  # the prefill and NEW - 1 decode steps
+        dense_ids, dense_logits, _ = _run(handle, prompt, knockouts, monkeypatch, split=False)
+        assert torch.equal(ids, dense_ids)
+        torch.testing.assert_close(logits, dense_logits, rtol=1e-4, atol=1e-4)

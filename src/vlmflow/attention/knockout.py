@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -90,6 +90,9 @@ class ResolvedKnockout:
     src: torch.Tensor  # (num_role_codes,) bool: key role blocked?
     keys: dict[int, torch.Tensor]  # layer -> (k,) long positions
     rows: torch.Tensor | None = None  # (r,) long batch rows it applies to; None: all rows
+    # layer -> index of its key set among the distinct ones: layers blocking the same positions
+    # share it (and so share one split plan per step)
+    key_set: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, knockout: Knockout, num_layers: int) -> ResolvedKnockout:
@@ -100,13 +103,16 @@ class ResolvedKnockout:
             return t
 
         keys: dict[int, torch.Tensor] = {}
+        key_set: dict[int, int] = {}
         layers = knockout.layers.resolve(num_layers)
         if knockout.keys is not None:
+            distinct: dict[tuple[int, ...], int] = {}
             for layer, positions in knockout.keys:
                 if not 0 <= layer < num_layers:
                     raise VlmflowError(
                         f"key set for layer {layer}: this model has layers 0-{num_layers - 1}"
                     )
+                key_set[layer] = distinct.setdefault(positions, len(distinct))
                 keys[layer] = torch.tensor(positions, dtype=torch.long)
             layers = frozenset(keys)
         rows = None
@@ -114,7 +120,7 @@ class ResolvedKnockout:
             if any(r < 0 for r in knockout.rows):
                 raise VlmflowError(f"knockout rows {sorted(knockout.rows)} must be >= 0")
             rows = torch.tensor(sorted(knockout.rows), dtype=torch.long)
-        return cls(layers, table(knockout.tgt), table(knockout.src), keys, rows)
+        return cls(layers, table(knockout.tgt), table(knockout.src), keys, rows, key_set)
 
     def blocked_keys(self, layer: int, key_roles: torch.Tensor) -> torch.Tensor:
         """(..., kv) bool on `key_roles`' device: the keys this knockout blocks at `layer`,

@@ -278,13 +278,15 @@ class Session:
         knockouts without a (b, 1, q, kv) mask, or None where it cannot or should not (rows that
         differ, padding, a multi-position pass after cached positions, or groups whose
         recomputation would cost more than the dense masked pass). Planned on the host once per
-        key length and set of acting knockouts, shared by every layer with the same set.
+        key length and set of acting knockouts (key-set knockouts: with the positions blocked
+        there), shared by every layer with the same set.
         """
         if not self._uniform or (q_len > 1 and q_len != kv_len):
             return None
-        # the acting knockouts, with the layer where one blocks a key set of its own per layer
+        # the acting knockouts, with the index of the key set one blocks here (layers blocking
+        # the same positions share a plan)
         acting = tuple(
-            (i, layer if layer in ko.keys else -1)
+            (i, ko.key_set.get(layer, -1))
             for i, ko in enumerate(self.knockouts)
             if layer in ko.layers
         )
