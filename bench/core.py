@@ -304,14 +304,7 @@ def time_variants(
                 before = after
     med = {k: statistics.median(v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    paired_result = {
-        "paired_over_plain": {k: statistics.median(v) for k, v in ratios.items()},
-        "paired_cpu_over_plain": {k: statistics.median(v) for k, v in cpu_ratios.items()},
-        "paired_ratios": ratios,
-        "paired_cpu_ratios": cpu_ratios,
-    }
-    return {
-        **(paired_result if paired else {}),
+    result = {
         "images": n_images,
         "prompt_tokens": prompt.layout.length,
         "image_tokens": prompt.layout.counts()["image"],
@@ -322,6 +315,12 @@ def time_variants(
         "runs": runs,
         "cpu_runs": cpu,
     }
+    if paired:  # (without --paired the ratio lists are empty: no median)
+        result["paired_over_plain"] = {k: statistics.median(v) for k, v in ratios.items()}
+        result["paired_cpu_over_plain"] = {k: statistics.median(v) for k, v in cpu_ratios.items()}
+        result["paired_ratios"] = ratios
+        result["paired_cpu_ratios"] = cpu_ratios
+    return result
 
 
 def measure_memory(
