@@ -76,6 +76,7 @@ def test_split_equals_dense(family, setting, spec, tiny_path, photo, photo2, mon
 def test_layers_blocking_the_same_keys_share_one_plan(tiny_path, photo, monkeypatch):
     """A key set repeated over layers (top-k with one kept set) is planned once per step, not
     once per layer; layers with different positions still get plans of their own."""
+    from vlmflow.attention.knockout import ResolvedKnockout
     from vlmflow.attention.session import Session
 
     handle = vlmflow.load(str(tiny_path("llava")))
@@ -96,6 +97,8 @@ def test_layers_blocking_the_same_keys_share_one_plan(tiny_path, photo, monkeypa
     ):
         planned.clear()
         knockouts = [K.key_set(blocked, tgt="query+generated")]
+        resolved = ResolvedKnockout.of(knockouts[0], handle.num_layers)
+        assert len({id(t) for t in resolved.keys.values()}) == distinct  # one tensor per set
         ids, logits, _ = _run(handle, prompt, knockouts, monkeypatch, split=True)
         assert len(planned) == distinct * NEW  # the prefill and NEW - 1 decode steps
         dense_ids, dense_logits, _ = _run(handle, prompt, knockouts, monkeypatch, split=False)

@@ -90,8 +90,8 @@ class ResolvedKnockout:
     src: torch.Tensor  # (num_role_codes,) bool: key role blocked?
     keys: dict[int, torch.Tensor]  # layer -> (k,) long positions
     rows: torch.Tensor | None = None  # (r,) long batch rows it applies to; None: all rows
-    # layer -> index of its key set among the distinct ones: layers blocking the same positions
-    # share it (and so share one split plan per step)
+    # layer -> first layer with the same key set: layers blocking the same positions share it
+    # (one positions tensor, one split plan per step)
     key_set: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -106,14 +106,17 @@ class ResolvedKnockout:
         key_set: dict[int, int] = {}
         layers = knockout.layers.resolve(num_layers)
         if knockout.keys is not None:
-            distinct: dict[tuple[int, ...], int] = {}
+            distinct: dict[tuple[int, ...], int] = {}  # positions -> first layer blocking them
             for layer, positions in knockout.keys:
                 if not 0 <= layer < num_layers:
                     raise VlmflowError(
                         f"key set for layer {layer}: this model has layers 0-{num_layers - 1}"
                     )
-                key_set[layer] = distinct.setdefault(positions, len(distinct))
-                keys[layer] = torch.tensor(positions, dtype=torch.long)
+                first = key_set[layer] = distinct.setdefault(positions, layer)
+                # one tensor per distinct set
+                keys[layer] = (
+                    keys[first] if first != layer else torch.tensor(positions, dtype=torch.long)
+                )
             layers = frozenset(keys)
         rows = None
         if knockout.rows is not None:
