@@ -100,6 +100,32 @@ def test_unshared_and_prompt_untouched_batches_equal_one_by_one(sweep):
     assert [ids.tolist() for ids in run.ids] == [alone[0], alone[1], alone[2], alone[4]]
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_chunked_prefill_batches_equal_one_by_one(family, tiny_path, photo):
+    """`generate(prefill_chunk_size=N)` through the batch: the shared path continues the shared
+    cache in chunks, the unshared one cuts the whole prompt; both give each variant's one-pass
+    tokens."""
+    handle = vlmflow.load(str(tiny_path(family)))
+    prompt = handle.prepare(photo)
+    variants = _sweep(prompt)
+    alone, _ = _one_by_one(handle, prompt, variants)
+    # two positions a pass: cuts through the image, and through the query positions the shared
+    # path computes per row
+    chunk = 2
+    assert prompt.layout.length - first_changed(prompt.layout, variants[3]) > chunk
+    for share in (True, False):
+        run = generate_variants(
+            handle,
+            prompt,
+            variants,
+            max_new_tokens=NEW,
+            share_prefill=share,
+            prefill_chunk_size=chunk,
+        )
+        assert [ids.tolist() for ids in run.ids] == alone, share
+        assert (run.shared > 0) == share
+
+
 def test_variants_that_change_the_image_rows_recompute_the_prompt(tiny_path, photo):
     handle = vlmflow.load(str(tiny_path("llava")))
     prompt = handle.prepare(photo)
